@@ -1,0 +1,1 @@
+//! The Docker [`Runtime`](crate::Runtime) on bollard.

@@ -1,0 +1,1 @@
+//! `Store` implementations: in memory (tests, embedders' experiments) and SQLite (the default).

@@ -1,0 +1,1 @@
+//! In-memory fakes of the backends, for tests and for embedders' own tests.

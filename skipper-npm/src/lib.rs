@@ -1,0 +1,1 @@
+//! skipper-npm (work in progress).

@@ -1,0 +1,1 @@
+//! skipper-registry (work in progress).
