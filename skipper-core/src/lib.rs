@@ -33,6 +33,7 @@
 //! | `test-util` | [`testing`] (in-memory fakes) and mockall mocks of every trait |
 
 pub mod backend;
+pub mod config;
 #[cfg(feature = "docker")]
 pub mod docker;
 pub mod error;

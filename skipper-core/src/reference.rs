@@ -429,6 +429,11 @@ mod tests {
             tag in prop::option::of("[A-Za-z0-9_][A-Za-z0-9_.-]{0,20}"),
             digest in prop::option::of("[a-f0-9]{64}"),
         ) {
+            let mut path = path;
+            if registry.is_none() {
+                // Without a registry, a first component with '.' would be read as a host (as Docker does).
+                path[0] = path[0].replace('.', "-");
+            }
             let mut s = String::new();
             if let Some(r) = &registry { s.push_str(r); s.push('/'); }
             s.push_str(&path.join("/"));

@@ -1,0 +1,759 @@
+//! The configuration file (`skipper.yaml`), parsed with serde-saphyr and validated with errors that
+//! name the field and its line.
+//!
+//! ```yaml
+//! global:
+//!   domain: example.com
+//!   network: skipper-net
+//!   subdomain_pattern: "stage-{stage}-{project}"
+//!   notification_url: https://notify.example.com/hook
+//! npm: { url: http://npm:81, email: ops@example.com, password: "..." }
+//! registries:
+//!   gitea: { url: https://git.example.com, type: gitea, username: ci, token: "..." }
+//! projects:
+//!   web-app:
+//!     registry: gitea
+//!     image: git.example.com/team/web-app
+//!     port: 3000
+//!     healthcheck: /api/health
+//!     env: { NODE_ENV: production }
+//!     stages:
+//!       dev:  { tag_pattern: "dev-*", auto_deploy: true,  max_instances: 5 }
+//!       rel:  { tag_pattern: "v*",    auto_deploy: false, max_instances: 2 }
+//!       prod: { tag_pattern: "v*", confirm: true, promote_from: rel, max_instances: 2, subdomain: launcher }
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+use url::Url;
+
+use crate::error::{Error, Result};
+use crate::model::{HealthCheck, Project, RouteOptions, Stage, duration_str, validate_name};
+use crate::pattern::TagPattern;
+use crate::reference::ImageRef;
+use crate::subdomain::{self, DomainScheme};
+
+/// The whole configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Settings for every project.
+    pub global: GlobalConfig,
+    /// Nginx Proxy Manager, if configured.
+    pub npm: Option<NpmSettings>,
+    /// Registries by name.
+    pub registries: BTreeMap<String, RegistrySettings>,
+    /// Projects, validated, by name.
+    pub projects: BTreeMap<String, Project>,
+}
+
+/// The `global:` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GlobalConfig {
+    /// Base domain (default `localhost`: browsers resolve `*.localhost` to 127.0.0.1).
+    pub domain: String,
+    /// The shared Docker network (default `skipper-net`).
+    pub network: String,
+    /// The stage label pattern.
+    pub subdomain_pattern: String,
+    /// Where events are POSTed as JSON, if anywhere.
+    pub notification_url: Option<Url>,
+    /// How often `watch` polls registries.
+    pub poll_interval: Duration,
+}
+
+impl Default for GlobalConfig {
+    fn default() -> Self {
+        Self {
+            domain: "localhost".into(),
+            network: "skipper-net".into(),
+            subdomain_pattern: subdomain::DEFAULT_PATTERN.into(),
+            notification_url: None,
+            poll_interval: Duration::from_secs(300),
+        }
+    }
+}
+
+impl GlobalConfig {
+    /// The domain scheme these settings describe.
+    pub fn domains(&self) -> DomainScheme {
+        DomainScheme {
+            domain: self.domain.clone(),
+            pattern: self.subdomain_pattern.clone(),
+        }
+    }
+}
+
+/// How the proxy reaches containers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamMode {
+    /// Container name and app port on the shared network (the proxy runs on that network).
+    #[default]
+    Network,
+    /// The port published on the host (`127.0.0.1:PORT`, or `upstream_host` if set).
+    Published,
+}
+
+/// The `npm:` section.
+#[derive(Debug, Clone)]
+pub struct NpmSettings {
+    /// NPM's admin URL (`http://npm:81`).
+    pub url: Url,
+    /// The account's email.
+    pub email: String,
+    /// The account's password.
+    pub password: SecretString,
+    /// How NPM reaches containers.
+    pub upstream: UpstreamMode,
+    /// With `upstream: published`, the host NPM should forward to (default `127.0.0.1`).
+    pub upstream_host: Option<String>,
+}
+
+/// The kind of a registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RegistryType {
+    /// Docker Hub.
+    Dockerhub,
+    /// GitHub Container Registry.
+    Ghcr,
+    /// Gitea or Forgejo's container registry.
+    Gitea,
+    /// Any other OCI distribution v2 registry.
+    Distribution,
+}
+
+/// One entry of `registries:`.
+#[derive(Debug, Clone)]
+pub struct RegistrySettings {
+    /// The entry's name.
+    pub name: String,
+    /// The registry's URL.
+    pub url: Url,
+    /// Its kind.
+    pub kind: RegistryType,
+    /// User name, if any.
+    pub username: Option<String>,
+    /// Token or password, if any.
+    pub token: Option<SecretString>,
+}
+
+impl RegistrySettings {
+    /// `host[:port]` as it appears in image references.
+    pub fn host(&self) -> String {
+        match (self.url.host_str(), self.url.port()) {
+            (Some(h), Some(p)) => format!("{h}:{p}"),
+            (Some(h), None) => h.to_owned(),
+            _ => String::new(),
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    global: RawGlobal,
+    npm: Option<RawNpm>,
+    #[serde(default)]
+    registries: BTreeMap<String, RawRegistry>,
+    #[serde(default)]
+    projects: BTreeMap<String, RawProject>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawGlobal {
+    domain: Option<Spanned<String>>,
+    network: Option<Spanned<String>>,
+    subdomain_pattern: Option<Spanned<String>>,
+    notification_url: Option<Spanned<String>>,
+    poll_interval: Option<Spanned<String>>,
+    /// Accepted for compatibility with Docker Watcher seed files; unused.
+    #[serde(default)]
+    #[allow(dead_code, reason = "accepted so Docker Watcher seed files load")]
+    server_ip: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNpm {
+    url: Spanned<String>,
+    email: String,
+    password: SecretString,
+    #[serde(default)]
+    upstream: UpstreamMode,
+    upstream_host: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRegistry {
+    url: Spanned<String>,
+    #[serde(rename = "type")]
+    kind: RegistryType,
+    username: Option<String>,
+    token: Option<SecretString>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProject {
+    registry: Option<Spanned<String>>,
+    image: Spanned<String>,
+    port: Option<Spanned<u16>>,
+    healthcheck: Option<RawHealth>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default)]
+    volumes: Vec<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    network: Option<String>,
+    #[serde(default)]
+    route: RouteOptions,
+    #[serde(default)]
+    stages: BTreeMap<String, RawStage>,
+}
+
+/// `healthcheck: /path` or `healthcheck: { path, interval, timeout, deadline, settle }`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawHealth {
+    Path(String),
+    Full(RawHealthFull),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealthFull {
+    path: Option<String>,
+    #[serde(default, with = "opt_duration")]
+    interval: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
+    timeout: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
+    deadline: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
+    settle: Option<Duration>,
+}
+
+mod opt_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        #[derive(Deserialize)]
+        struct W(#[serde(with = "super::duration_str")] Duration);
+        Ok(Some(W::deserialize(d)?.0))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStage {
+    tag_pattern: Spanned<String>,
+    #[serde(default)]
+    auto_deploy: bool,
+    max_instances: Option<Spanned<u32>>,
+    #[serde(default)]
+    confirm: bool,
+    promote_from: Option<Spanned<String>>,
+    subdomain: Option<Spanned<String>>,
+}
+
+fn line_of<T>(s: &Spanned<T>) -> Option<usize> {
+    usize::try_from(s.referenced.line()).ok().filter(|l| *l > 0)
+}
+
+/// Turn a validation error into a config error at `field` / `line`.
+fn at(field: String, line: Option<usize>) -> impl FnOnce(Error) -> Error {
+    move |e| Error::Config {
+        field,
+        line,
+        message: e.to_string(),
+    }
+}
+
+/// The 1-based line of the first `key:` at or after `from` (for map keys, which carry no span).
+fn find_key_line(text: &str, key: &str, from: usize) -> Option<usize> {
+    text.lines()
+        .enumerate()
+        .skip(from.saturating_sub(1))
+        .find(|(_, l)| {
+            let t = l.trim_start().trim_start_matches(['{', ' ']);
+            t.starts_with(&format!("{key}:"))
+                || t.starts_with(&format!("\"{key}\":"))
+                || l.contains(&format!(" {key}:"))
+        })
+        .map(|(i, _)| i + 1)
+}
+
+impl Config {
+    /// Read and validate a file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Config {
+            field: path.display().to_string(),
+            line: None,
+            message: format!("cannot read the file: {e}"),
+        })?;
+        Self::parse(&text)
+    }
+
+    /// Parse and validate YAML text.
+    pub fn parse(text: &str) -> Result<Self> {
+        let raw: RawConfig = if text.trim().is_empty() {
+            RawConfig::default()
+        } else {
+            serde_saphyr::from_str(text).map_err(|e| {
+                let line = e
+                    .location()
+                    .and_then(|l| usize::try_from(l.line()).ok())
+                    .filter(|l| *l > 0);
+                // The first line of saphyr's message is the reason; the rest is a snippet.
+                let message = e.to_string();
+                let message = message.lines().next().unwrap_or("invalid YAML").to_owned();
+                Error::Config {
+                    field: "(yaml)".into(),
+                    line,
+                    message,
+                }
+            })?
+        };
+        Self::from_raw(raw, text)
+    }
+
+    fn from_raw(raw: RawConfig, text: &str) -> Result<Self> {
+        let mut global = GlobalConfig::default();
+        if let Some(d) = raw.global.domain {
+            subdomain::validate_domain(&d.value).map_err(at("global.domain".into(), line_of(&d)))?;
+            global.domain = d.value;
+        }
+        if let Some(n) = raw.global.network {
+            validate_network(&n.value).map_err(at("global.network".into(), line_of(&n)))?;
+            global.network = n.value;
+        }
+        if let Some(p) = raw.global.subdomain_pattern {
+            subdomain::validate_pattern(&p.value)
+                .map_err(at("global.subdomain_pattern".into(), line_of(&p)))?;
+            global.subdomain_pattern = p.value;
+        }
+        if let Some(u) = raw.global.notification_url {
+            global.notification_url = Some(parse_url(&u, "global.notification_url")?);
+        }
+        if let Some(i) = raw.global.poll_interval {
+            global.poll_interval = humantime::parse_duration(&i.value).map_err(|e| Error::Config {
+                field: "global.poll_interval".into(),
+                line: line_of(&i),
+                message: format!("invalid duration {:?} ({e}); write it like \"30s\"", i.value),
+            })?;
+        }
+
+        let npm = raw
+            .npm
+            .map(|n| -> Result<NpmSettings> {
+                Ok(NpmSettings {
+                    url: parse_url(&n.url, "npm.url")?,
+                    email: n.email,
+                    password: n.password,
+                    upstream: n.upstream,
+                    upstream_host: n.upstream_host,
+                })
+            })
+            .transpose()?;
+
+        let mut registries = BTreeMap::new();
+        for (name, r) in raw.registries {
+            let field = format!("registries.{name}");
+            validate_name("registry name", &name)
+                .map_err(at(field.clone(), find_key_line(text, &name, 1)))?;
+            let url = parse_url(&r.url, &format!("{field}.url"))?;
+            registries.insert(
+                name.clone(),
+                RegistrySettings {
+                    name,
+                    url,
+                    kind: r.kind,
+                    username: r.username,
+                    token: r.token,
+                },
+            );
+        }
+
+        let projects_line = find_key_line(text, "projects", 1).unwrap_or(1);
+        let mut projects = BTreeMap::new();
+        for (name, p) in raw.projects {
+            let field = format!("projects.{name}");
+            let name_line = find_key_line(text, &name, projects_line);
+            validate_name("project name", &name).map_err(at(field.clone(), name_line))?;
+            let project = build_project(&name, p, &registries, text, name_line.unwrap_or(1))?;
+            projects.insert(name, project);
+        }
+
+        Ok(Self {
+            global,
+            npm,
+            registries,
+            projects,
+        })
+    }
+}
+
+fn build_project(
+    name: &str,
+    p: RawProject,
+    registries: &BTreeMap<String, RegistrySettings>,
+    text: &str,
+    name_line: usize,
+) -> Result<Project> {
+    let field = format!("projects.{name}");
+    let image_ref = ImageRef::parse(&p.image.value)
+        .map_err(at(format!("{field}.image"), line_of(&p.image)))?;
+    let last_segment = p.image.value.rsplit('/').next().unwrap_or_default();
+    if last_segment.contains(':') || p.image.value.contains('@') {
+        return Err(Error::Config {
+            field: format!("{field}.image"),
+            line: line_of(&p.image),
+            message: format!(
+                "{:?} has a tag or digest; give the repository only ({}), stages choose tags",
+                p.image.value,
+                image_ref.name()
+            ),
+        });
+    }
+    let mut project = Project::new(name, &image_ref.name())?;
+
+    if let Some(reg) = p.registry {
+        if !registries.contains_key(&reg.value) {
+            return Err(Error::Config {
+                field: format!("{field}.registry"),
+                line: line_of(&reg),
+                message: format!(
+                    "no registry named {:?} under `registries:` (known: {})",
+                    reg.value,
+                    registries.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            });
+        }
+        project.registry = Some(reg.value);
+    }
+    if let Some(port) = p.port {
+        if port.value == 0 {
+            return Err(Error::Config {
+                field: format!("{field}.port"),
+                line: line_of(&port),
+                message: "a port is 1-65535".into(),
+            });
+        }
+        project.port = Some(port.value);
+    }
+    let health_line = find_key_line(text, "healthcheck", name_line);
+    project.health = match p.healthcheck {
+        None => HealthCheck::default(),
+        Some(RawHealth::Path(path)) => HealthCheck {
+            path: Some(path),
+            ..HealthCheck::default()
+        },
+        Some(RawHealth::Full(h)) => {
+            let d = HealthCheck::default();
+            HealthCheck {
+                path: h.path,
+                interval: h.interval.unwrap_or(d.interval),
+                timeout: h.timeout.unwrap_or(d.timeout),
+                deadline: h.deadline.unwrap_or(d.deadline),
+                settle: h.settle.unwrap_or(d.settle),
+            }
+        }
+    };
+    project.health.validate().map_err(|message| Error::Config {
+        field: format!("{field}.healthcheck"),
+        line: health_line,
+        message,
+    })?;
+    for key in p.env.keys() {
+        if key.is_empty() || key.contains('=') || key.contains('\0') {
+            return Err(Error::Config {
+                field: format!("{field}.env"),
+                line: find_key_line(text, "env", name_line),
+                message: format!("{key:?} is not a valid environment variable name"),
+            });
+        }
+    }
+    project.env = p.env;
+    project.volumes = p.volumes;
+    project.labels = p.labels;
+    if let Some(n) = &p.network {
+        validate_network(n).map_err(at(
+            format!("{field}.network"),
+            find_key_line(text, "network", name_line),
+        ))?;
+    }
+    project.network = p.network;
+    project.route = p.route;
+
+    let stages_line = find_key_line(text, "stages", name_line).unwrap_or(name_line);
+    let stage_names: Vec<String> = p.stages.keys().cloned().collect();
+    for (sname, s) in p.stages {
+        let sfield = format!("{field}.stages.{sname}");
+        validate_name("stage name", &sname)
+            .map_err(at(sfield.clone(), find_key_line(text, &sname, stages_line)))?;
+        TagPattern::new(&s.tag_pattern.value)
+            .map_err(at(format!("{sfield}.tag_pattern"), line_of(&s.tag_pattern)))?;
+        let max_instances = match s.max_instances {
+            Some(m) if m.value == 0 => {
+                return Err(Error::Config {
+                    field: format!("{sfield}.max_instances"),
+                    line: line_of(&m),
+                    message: "must be at least 1".into(),
+                });
+            }
+            Some(m) => m.value,
+            None => 1,
+        };
+        if let Some(from) = &s.promote_from {
+            if from.value == sname || !stage_names.contains(&from.value) {
+                return Err(Error::Config {
+                    field: format!("{sfield}.promote_from"),
+                    line: line_of(from),
+                    message: format!(
+                        "{:?} is not another stage of {name} (stages: {})",
+                        from.value,
+                        stage_names.join(", ")
+                    ),
+                });
+            }
+        }
+        if let Some(sub) = &s.subdomain {
+            subdomain::validate_label(&sub.value)
+                .map_err(at(format!("{sfield}.subdomain"), line_of(sub)))?;
+        }
+        project.stages.insert(
+            sname.clone(),
+            Stage {
+                name: sname,
+                tag_pattern: s.tag_pattern.value,
+                auto_deploy: s.auto_deploy,
+                max_instances,
+                confirm: s.confirm,
+                promote_from: s.promote_from.map(|f| f.value),
+                subdomain: s.subdomain.map(|f| f.value),
+            },
+        );
+    }
+    project.validate().map_err(at(field, Some(name_line)))?;
+    Ok(project)
+}
+
+fn parse_url(s: &Spanned<String>, field: &str) -> Result<Url> {
+    let url = Url::parse(&s.value).map_err(|e| Error::Config {
+        field: field.to_owned(),
+        line: line_of(s),
+        message: format!("{:?} is not a URL: {e}", s.value),
+    })?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(Error::Config {
+            field: field.to_owned(),
+            line: line_of(s),
+            message: format!("{:?} must be an http:// or https:// URL", s.value),
+        });
+    }
+    Ok(url)
+}
+
+/// Docker network names: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`, at most 64 characters.
+pub fn validate_network(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidName {
+            what: "network name",
+            value: name.to_owned(),
+            reason: "use letters, digits, '_', '.' and '-', starting with a letter or digit".into(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use secrecy::ExposeSecret;
+
+    use super::*;
+
+    const EXAMPLE: &str = r#"global:
+  domain: example.com
+  network: skipper-net
+  subdomain_pattern: "stage-{stage}-{project}"
+  notification_url: https://notify.example.com/hook
+npm: { url: http://npm:81, email: ops@example.com, password: "npm-pass" }
+registries:
+  gitea: { url: https://git.example.com, type: gitea, username: ci, token: "tok" }
+projects:
+  web-app:
+    registry: gitea
+    image: git.example.com/team/web-app
+    port: 3000
+    healthcheck: /api/health
+    env: { NODE_ENV: production }
+    stages:
+      dev:  { tag_pattern: "dev-*", auto_deploy: true,  max_instances: 5 }
+      rel:  { tag_pattern: "v*",    auto_deploy: false, max_instances: 2 }
+      prod: { tag_pattern: "v*", confirm: true, promote_from: rel, max_instances: 2, subdomain: launcher }
+"#;
+
+    #[test]
+    fn parses_the_example() {
+        let c = Config::parse(EXAMPLE).unwrap();
+        assert_eq!(c.global.domain, "example.com");
+        assert_eq!(c.global.network, "skipper-net");
+        let npm = c.npm.as_ref().unwrap();
+        assert_eq!(npm.password.expose_secret(), "npm-pass");
+        assert_eq!(c.registries["gitea"].kind, RegistryType::Gitea);
+        assert_eq!(c.registries["gitea"].host(), "git.example.com");
+        let p = &c.projects["web-app"];
+        assert_eq!(p.image, "git.example.com/team/web-app");
+        assert_eq!(p.port, Some(3000));
+        assert_eq!(p.health.path.as_deref(), Some("/api/health"));
+        assert_eq!(p.env["NODE_ENV"], "production");
+        assert_eq!(p.stages.len(), 3);
+        let prod = &p.stages["prod"];
+        assert!(prod.confirm);
+        assert_eq!(prod.promote_from.as_deref(), Some("rel"));
+        assert_eq!(prod.subdomain.as_deref(), Some("launcher"));
+        assert_eq!(prod.max_instances, 2);
+        assert!(p.stages["dev"].auto_deploy);
+        assert_eq!(
+            c.global.domains().stage_domain("web-app", "prod", prod.subdomain.as_deref()),
+            "launcher.example.com"
+        );
+        // Secrets never show in Debug.
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("npm-pass") && !dbg.contains("\"tok\""), "{dbg}");
+    }
+
+    #[test]
+    fn empty_file_is_defaults() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.global, GlobalConfig::default());
+        assert!(c.projects.is_empty());
+    }
+
+    fn err(text: &str) -> (String, Option<usize>, String) {
+        match Config::parse(text).unwrap_err() {
+            Error::Config {
+                field,
+                line,
+                message,
+            } => (field, line, message),
+            other => panic!("not a config error: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn errors_name_field_and_line() {
+        let bad_pattern = EXAMPLE.replace("\"dev-*\"", "\"dev-[\"");
+        let (field, line, msg) = err(&bad_pattern);
+        assert_eq!(field, "projects.web-app.stages.dev.tag_pattern");
+        assert_eq!(line, Some(17));
+        assert!(msg.contains("tag pattern"), "{msg}");
+
+        let bad_promote = EXAMPLE.replace("promote_from: rel", "promote_from: qa");
+        let (field, line, msg) = err(&bad_promote);
+        assert_eq!(field, "projects.web-app.stages.prod.promote_from");
+        assert_eq!(line, Some(19));
+        assert!(msg.contains("\"qa\""), "{msg}");
+
+        let bad_registry = EXAMPLE.replace("registry: gitea", "registry: github");
+        let (field, line, _) = err(&bad_registry);
+        assert_eq!(field, "projects.web-app.registry");
+        assert_eq!(line, Some(11));
+
+        let bad_image = EXAMPLE.replace("team/web-app\n", "Team/Web-App\n");
+        let (field, line, msg) = err(&bad_image);
+        assert_eq!(field, "projects.web-app.image");
+        assert_eq!(line, Some(12));
+        assert!(msg.contains("lower-case"), "{msg}");
+
+        let tagged_image = EXAMPLE.replace("team/web-app\n", "team/web-app:v1\n");
+        let (field, _, msg) = err(&tagged_image);
+        assert_eq!(field, "projects.web-app.image");
+        assert!(msg.contains("repository only"), "{msg}");
+
+        let bad_name = EXAMPLE.replace("  web-app:\n", "  Web_App:\n");
+        let (field, line, _) = err(&bad_name);
+        assert_eq!(field, "projects.Web_App");
+        assert_eq!(line, Some(10));
+
+        let bad_sub = EXAMPLE.replace("subdomain: launcher", "subdomain: Launcher");
+        let (field, line, _) = err(&bad_sub);
+        assert_eq!(field, "projects.web-app.stages.prod.subdomain");
+        assert_eq!(line, Some(19));
+
+        let zero = EXAMPLE.replace("max_instances: 5", "max_instances: 0");
+        let (field, line, _) = err(&zero);
+        assert_eq!(field, "projects.web-app.stages.dev.max_instances");
+        assert_eq!(line, Some(17));
+
+        let bad_domain = EXAMPLE.replace("domain: example.com", "domain: exa_mple.com");
+        let (field, line, _) = err(&bad_domain);
+        assert_eq!(field, "global.domain");
+        assert_eq!(line, Some(2));
+
+        let bad_url = EXAMPLE.replace("https://notify.example.com/hook", "ftp://x");
+        let (field, line, _) = err(&bad_url);
+        assert_eq!(field, "global.notification_url");
+        assert_eq!(line, Some(5));
+    }
+
+    #[test]
+    fn yaml_errors_carry_a_line() {
+        let unknown = EXAMPLE.replace("    port: 3000\n", "    prot: 3000\n");
+        let (field, line, msg) = err(&unknown);
+        assert_eq!(field, "(yaml)");
+        assert_eq!(line, Some(13), "{msg}");
+        assert!(msg.contains("prot"), "{msg}");
+
+        let wrong_type = EXAMPLE.replace("port: 3000", "port: lots");
+        let (_, line, _) = err(&wrong_type);
+        assert_eq!(line, Some(13));
+
+        let (_, line, _) = err("projects:\n  a: [1, 2\n");
+        assert!(line.is_some());
+    }
+
+    #[test]
+    fn healthcheck_as_a_map() {
+        let text = EXAMPLE.replace(
+            "healthcheck: /api/health",
+            "healthcheck: { path: /up, interval: 2s, timeout: 1s, deadline: 30s }",
+        );
+        let c = Config::parse(&text).unwrap();
+        let h = &c.projects["web-app"].health;
+        assert_eq!(h.path.as_deref(), Some("/up"));
+        assert_eq!(h.interval, Duration::from_secs(2));
+        assert_eq!(h.deadline, Duration::from_secs(30));
+
+        let bad = EXAMPLE.replace("healthcheck: /api/health", "healthcheck: api/health");
+        let (field, line, _) = err(&bad);
+        assert_eq!(field, "projects.web-app.healthcheck");
+        assert_eq!(line, Some(14));
+    }
+
+    #[test]
+    fn never_panics_on_garbage() {
+        for text in ["{", "- - -", "projects: 3", "global: []", "\u{0}", "projects:\n  x:\n"] {
+            assert!(Config::parse(text).is_err(), "{text:?}");
+        }
+    }
+}
