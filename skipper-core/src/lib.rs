@@ -34,6 +34,7 @@
 
 pub mod backend;
 pub mod config;
+pub mod engine;
 #[cfg(feature = "docker")]
 pub mod docker;
 pub mod error;
@@ -49,6 +50,10 @@ pub use backend::{
     ContainerInfo, ContainerSpec, Credentials, DeploymentFilter, HealthStatus, ImageHealthcheck,
     ImageMetadata, InstanceFilter, Notifier, ProbeResult, ProgressSender, ProxyManager,
     PullProgress, PulledImage, Registry, Route, RunState, Runtime, Store,
+};
+pub use engine::{
+    DeployRequest, Engine, EngineBuilder, EngineSettings, PullPolicy, QuickDefaults, ReconcileReport,
+    StepTimeouts, UpstreamTarget,
 };
 pub use error::{Error, ErrorKind, Result};
 pub use model::{

@@ -1,1 +1,92 @@
 //! In-memory fakes of the backends, for tests and for embedders' own tests.
+//!
+//! - [`FakeRuntime`]: containers that "run" instantly, images registered by the test;
+//! - [`FakeProxy`]: a route table;
+//! - [`RecordingNotifier`]: keeps every event;
+//! - [`FlakyStore`]: wraps any [`Store`](crate::Store) and fails chosen calls;
+//! - [`MemoryStore`](crate::store::MemoryStore) is the in-memory store.
+//!
+//! Each fake takes [`Fault`]s: fail the next call with an error of some kind, or hang it (so the
+//! engine's timeouts fire; use `#[tokio::test(start_paused = true)]` and no real time passes).
+
+mod proxy;
+mod runtime;
+
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+
+pub use proxy::FakeProxy;
+pub use runtime::{Behavior, FakeImage, FakeRuntime, Op, docker_healthcheck};
+
+use crate::backend::Notifier;
+use crate::error::{Error, ErrorKind, Result};
+use crate::model::Event;
+
+/// A failure to inject into a fake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Fail with an error of this kind.
+    Error(ErrorKind),
+    /// Never answer (the caller's timeout must fire).
+    Hang,
+}
+
+impl Fault {
+    /// Act out the fault.
+    pub(crate) async fn apply(self, backend: &'static str, what: &str) -> Result<()> {
+        match self {
+            Fault::Error(kind) => Err(Error::backend(
+                backend,
+                kind,
+                format!("injected failure in {what}"),
+            )),
+            Fault::Hang => {
+                std::future::pending::<()>().await;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A notifier that keeps every event, and can be told to fail.
+#[derive(Default)]
+pub struct RecordingNotifier {
+    events: Mutex<Vec<Event>>,
+    fault: Mutex<Option<Fault>>,
+}
+
+impl RecordingNotifier {
+    /// A notifier that records and succeeds.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Fail every delivery with `fault` (events are still recorded).
+    pub fn fail_with(&self, fault: Fault) {
+        *self.fault.lock().unwrap_or_else(|e| e.into_inner()) = Some(fault);
+    }
+
+    /// The events received so far.
+    pub fn events(&self) -> Vec<Event> {
+        self.events.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+#[async_trait]
+impl Notifier for RecordingNotifier {
+    async fn notify(&self, event: &Event) -> Result<()> {
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(event.clone());
+        let fault = *self.fault.lock().unwrap_or_else(|e| e.into_inner());
+        match fault {
+            Some(f) => f.apply("recording-notifier", "notify").await,
+            None => Ok(()),
+        }
+    }
+}
+
+mod flaky_store;
+pub use flaky_store::{FlakyStore, StoreOp};

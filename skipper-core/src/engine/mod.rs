@@ -1,0 +1,504 @@
+//! The deploy engine: composes the five backends and runs deploys, rollbacks, instance
+//! operations and reconcile.
+//!
+//! The engine is reconciler-shaped. The store holds the desired state (which instance each
+//! stage routes to); the runtime and the proxy hold what is; every command first reconciles one
+//! with the other under the stage's lease, so a process killed at any point (kill -9) leaves a state
+//! the next command repairs. A deploy is a saga: each step that changes the world pushes its
+//! compensating action, and a failure anywhere runs them in reverse.
+
+mod deploy;
+mod health;
+mod lock;
+mod ops;
+mod reconcile;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use reconcile::ReconcileReport;
+
+use crate::backend::{
+    Credentials, DeploymentFilter, ImageMetadata, InstanceFilter, Notifier, ProgressSender,
+    ProxyManager, Registry, Runtime, Store,
+};
+use crate::error::{Error, ErrorKind, Result};
+use crate::model::{Deployment, Event, Instance, Project, Trigger, labels};
+use crate::reference::ImageRef;
+use crate::subdomain::DomainScheme;
+
+/// Where the proxy sends an instance's traffic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamTarget {
+    /// The container's name and app port on the shared network (the proxy runs on it).
+    ContainerName,
+    /// The port published on the host, at `host` (default `127.0.0.1`).
+    Published {
+        /// The host the proxy reaches published ports at.
+        host: Option<String>,
+    },
+}
+
+/// Time limits for each step of a deploy. A step that overruns fails with
+/// [`ErrorKind::Timeout`] and the deploy rolls back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepTimeouts {
+    /// Pulling the image.
+    pub pull: Duration,
+    /// Creating the network and the container.
+    pub create: Duration,
+    /// Starting the container.
+    pub start: Duration,
+    /// Each proxy call.
+    pub route: Duration,
+    /// Stopping an old container.
+    pub retire: Duration,
+    /// Each store write.
+    pub record: Duration,
+    /// Any other backend call (inspect, list, logs).
+    pub call: Duration,
+}
+
+impl Default for StepTimeouts {
+    fn default() -> Self {
+        Self {
+            pull: Duration::from_secs(15 * 60),
+            create: Duration::from_secs(60),
+            start: Duration::from_secs(60),
+            route: Duration::from_secs(30),
+            retire: Duration::from_secs(60),
+            record: Duration::from_secs(30),
+            call: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Engine-wide settings.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    /// How domains are built.
+    pub domains: DomainScheme,
+    /// The network for projects that name none.
+    pub network: String,
+    /// Publish app ports on 127.0.0.1 (embedded use, tests).
+    pub publish: bool,
+    /// Where the proxy sends traffic.
+    pub upstream: UpstreamTarget,
+    /// Grace period when stopping a container.
+    pub stop_grace: Duration,
+    /// After switching traffic away from a container, wait this long before stopping it, so
+    /// in-flight requests finish.
+    pub drain: Duration,
+    /// Lease length of a stage lock (renewed while held).
+    pub lock_ttl: Duration,
+    /// How long to wait for another operation on the same stage.
+    pub lock_wait: Duration,
+    /// Step time limits.
+    pub timeouts: StepTimeouts,
+    /// How many container log lines a failure carries.
+    pub log_lines: usize,
+    /// A scope label put on (and required of) every container, so several engines or test runs
+    /// share one Docker host without touching each other's containers.
+    pub scope: Option<String>,
+    /// Time allowed for one notifier delivery.
+    pub notify_timeout: Duration,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        Self {
+            domains: DomainScheme::default(),
+            network: "skipper-net".into(),
+            publish: true,
+            upstream: UpstreamTarget::ContainerName,
+            stop_grace: Duration::from_secs(10),
+            drain: Duration::ZERO,
+            lock_ttl: Duration::from_secs(30),
+            lock_wait: Duration::from_secs(300),
+            timeouts: StepTimeouts::default(),
+            log_lines: 20,
+            scope: None,
+            notify_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// When to pull the image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PullPolicy {
+    /// Always pull (the registry decides what the tag is now).
+    #[default]
+    Always,
+    /// Pull only if the image is not present locally.
+    Missing,
+    /// Never pull; the image must be present.
+    Never,
+}
+
+/// A request to deploy an image to a stage.
+#[derive(Debug, Clone)]
+pub struct DeployRequest {
+    /// The project.
+    pub project: String,
+    /// The stage.
+    pub stage: String,
+    /// The image (must be in the project's repository and carry a tag).
+    pub image: ImageRef,
+    /// The explicit confirmation a `confirm: true` stage needs.
+    pub confirmed: bool,
+    /// What started it.
+    pub trigger: Trigger,
+    /// When to pull.
+    pub pull: PullPolicy,
+    /// Where pull progress goes.
+    pub progress: Option<ProgressSender>,
+}
+
+impl DeployRequest {
+    /// A manual deploy with defaults.
+    pub fn new(project: impl Into<String>, stage: impl Into<String>, image: ImageRef) -> Self {
+        Self {
+            project: project.into(),
+            stage: stage.into(),
+            image,
+            confirmed: false,
+            trigger: Trigger::Manual,
+            pull: PullPolicy::Always,
+            progress: None,
+        }
+    }
+
+    /// Mark as confirmed.
+    pub fn confirmed(mut self) -> Self {
+        self.confirmed = true;
+        self
+    }
+}
+
+/// What an image says about how to run it: the defaults of a quick deploy.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct QuickDefaults {
+    /// A project name derived from the repository.
+    pub project: String,
+    /// The first EXPOSEd port.
+    pub port: Option<u16>,
+    /// Whether the image has its own HEALTHCHECK.
+    pub has_healthcheck: bool,
+    /// A health path from the `dev.skipper.health-path` label, if set.
+    pub health_path: Option<String>,
+    /// The full metadata.
+    pub metadata: ImageMetadata,
+}
+
+/// Builds an [`Engine`].
+pub struct EngineBuilder {
+    runtime: Arc<dyn Runtime>,
+    store: Arc<dyn Store>,
+    proxy: Option<Arc<dyn ProxyManager>>,
+    registry: Option<Arc<dyn Registry>>,
+    notifiers: Vec<Arc<dyn Notifier>>,
+    credentials: HashMap<String, Credentials>,
+    settings: EngineSettings,
+}
+
+impl EngineBuilder {
+    /// Route through this proxy.
+    pub fn proxy(mut self, proxy: Arc<dyn ProxyManager>) -> Self {
+        self.proxy = Some(proxy);
+        self
+    }
+
+    /// Use this registry client (for promotion checks and tag listing).
+    pub fn registry(mut self, registry: Arc<dyn Registry>) -> Self {
+        self.registry = Some(registry);
+        self
+    }
+
+    /// Add a notifier.
+    pub fn notifier(mut self, notifier: Arc<dyn Notifier>) -> Self {
+        self.notifiers.push(notifier);
+        self
+    }
+
+    /// Credentials for the registry entry `name` (a project's `registry`).
+    pub fn credentials(mut self, name: impl Into<String>, credentials: Credentials) -> Self {
+        self.credentials.insert(name.into(), credentials);
+        self
+    }
+
+    /// Replace the settings.
+    pub fn settings(mut self, settings: EngineSettings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    /// Build the engine.
+    pub fn build(self) -> Engine {
+        let holder = format!(
+            "{}-{}-{}",
+            std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into()),
+            std::process::id(),
+            crate::model::new_id()
+        );
+        Engine {
+            inner: Arc::new(Inner {
+                runtime: self.runtime,
+                store: self.store,
+                proxy: self.proxy,
+                registry: self.registry,
+                notifiers: self.notifiers,
+                credentials: self.credentials,
+                settings: self.settings,
+                holder,
+                tracker: TaskTracker::new(),
+                shutdown: CancellationToken::new(),
+                closing: AtomicBool::new(false),
+            }),
+        }
+    }
+}
+
+struct Inner {
+    runtime: Arc<dyn Runtime>,
+    store: Arc<dyn Store>,
+    proxy: Option<Arc<dyn ProxyManager>>,
+    registry: Option<Arc<dyn Registry>>,
+    notifiers: Vec<Arc<dyn Notifier>>,
+    credentials: HashMap<String, Credentials>,
+    settings: EngineSettings,
+    holder: String,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+    closing: AtomicBool,
+}
+
+/// The deploy engine. Cheap to clone; clones share everything.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("holder", &self.inner.holder)
+            .field("proxy", &self.inner.proxy.is_some())
+            .field("notifiers", &self.inner.notifiers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Run `fut` with a time limit, turning an overrun into [`Error::Timeout`].
+pub(crate) async fn timed<T>(
+    what: impl FnOnce() -> String,
+    limit: Duration,
+    fut: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::Timeout {
+            what: what(),
+            after: limit,
+        }),
+    }
+}
+
+impl Engine {
+    /// Start building an engine on a runtime and a store.
+    pub fn builder(runtime: Arc<dyn Runtime>, store: Arc<dyn Store>) -> EngineBuilder {
+        EngineBuilder {
+            runtime,
+            store,
+            proxy: None,
+            registry: None,
+            notifiers: Vec::new(),
+            credentials: HashMap::new(),
+            settings: EngineSettings::default(),
+        }
+    }
+
+    /// The engine's settings.
+    pub fn settings(&self) -> &EngineSettings {
+        &self.inner.settings
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    /// The runtime.
+    pub fn runtime(&self) -> &Arc<dyn Runtime> {
+        &self.inner.runtime
+    }
+
+    /// The registry client, if one was configured.
+    pub fn registry(&self) -> Option<&Arc<dyn Registry>> {
+        self.inner.registry.as_ref()
+    }
+
+    /// Validate and store a project (insert or replace).
+    pub async fn put_project(&self, project: &Project) -> Result<()> {
+        project.validate()?;
+        self.inner.store.put_project(project).await
+    }
+
+    /// A project by name.
+    pub async fn project(&self, name: &str) -> Result<Project> {
+        self.inner
+            .store
+            .get_project(name)
+            .await?
+            .ok_or_else(|| Error::not_found(format!("project {name:?}")))
+    }
+
+    /// Instances matching `filter`, oldest first.
+    pub async fn instances(&self, filter: &InstanceFilter) -> Result<Vec<Instance>> {
+        self.inner.store.list_instances(filter).await
+    }
+
+    /// Deployments matching `filter`, newest first.
+    pub async fn deployments(&self, filter: &DeploymentFilter) -> Result<Vec<Deployment>> {
+        self.inner.store.list_deployments(filter).await
+    }
+
+    /// The instance whose id is `id` or starts with `id` (at least 4 characters, unambiguous).
+    pub async fn find_instance(&self, id: &str) -> Result<Instance> {
+        if let Some(i) = self.inner.store.get_instance(id).await? {
+            return Ok(i);
+        }
+        if id.len() >= 4 {
+            let all = self.inner.store.list_instances(&InstanceFilter::default()).await?;
+            let matches: Vec<_> = all.into_iter().filter(|i| i.id.starts_with(id)).collect();
+            match matches.len() {
+                1 => return Ok(matches.into_iter().next().expect("one match")),
+                0 => {}
+                n => {
+                    return Err(Error::Conflict {
+                        what: format!("{n} instances start with {id:?}; give more of the id"),
+                    });
+                }
+            }
+        }
+        Err(Error::not_found(format!("instance {id:?}")))
+    }
+
+    /// Pull an image and read its defaults for a quick deploy (EXPOSE, HEALTHCHECK, labels).
+    pub async fn quick_defaults(
+        &self,
+        image: &ImageRef,
+        pull: PullPolicy,
+        progress: Option<ProgressSender>,
+    ) -> Result<QuickDefaults> {
+        let rt = &self.inner.runtime;
+        let t = &self.inner.settings.timeouts;
+        let present = pull != PullPolicy::Always
+            && timed(|| "image lookup".into(), t.call, rt.has_image(image)).await?;
+        if !present {
+            if pull == PullPolicy::Never {
+                return Err(Error::not_found(format!(
+                    "image {image} locally (pull policy is never)"
+                )));
+            }
+            timed(|| format!("pull of {image}"), t.pull, rt.pull(image, None, progress)).await?;
+        }
+        let metadata = timed(|| "image inspect".into(), t.call, rt.inspect_image(image)).await?;
+        let base = image.repository().rsplit('/').next().unwrap_or("app");
+        let project = crate::subdomain::join_label(&[base], false);
+        let project = if project.len() > 40 {
+            project[..40].trim_end_matches('-').to_owned()
+        } else {
+            project
+        };
+        Ok(QuickDefaults {
+            project,
+            port: metadata.exposed_ports.first().copied(),
+            has_healthcheck: metadata.healthcheck.is_some(),
+            health_path: metadata.labels.get("dev.skipper.health-path").cloned(),
+            metadata,
+        })
+    }
+
+    /// Refuse new work and wait for in-flight deploys to finish or roll back. Health waits in
+    /// progress are cut short (and roll back).
+    pub async fn shutdown(&self) {
+        self.inner.closing.store(true, Ordering::SeqCst);
+        self.inner.tracker.close();
+        self.inner.shutdown.cancel();
+        self.inner.tracker.wait().await;
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.inner.closing.load(Ordering::SeqCst) {
+            Err(Error::ShuttingDown)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Run `fut` as a tracked task, so shutdown waits for it and a dropped caller never leaves a
+    /// saga half-done.
+    async fn tracked<T: Send + 'static>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T>> + Send + 'static,
+    ) -> Result<T> {
+        self.check_open()?;
+        let handle = self.inner.tracker.spawn(fut);
+        handle.await.map_err(|e| {
+            Error::backend(
+                "engine",
+                ErrorKind::Internal,
+                format!("an engine task failed: {e}"),
+            )
+        })?
+    }
+
+    /// The labels selecting every container this engine manages.
+    fn managed_selector(&self) -> BTreeMap<String, String> {
+        let mut sel = BTreeMap::new();
+        sel.insert(labels::MANAGED.to_owned(), "true".to_owned());
+        if let Some(scope) = &self.inner.settings.scope {
+            sel.insert(labels::SCOPE.to_owned(), scope.clone());
+        }
+        sel
+    }
+
+    /// Credentials for a project's registry: those given to the builder, else the store's
+    /// (`registry/<name>` secret and `registry/<name>/username` setting), else none (the runtime
+    /// may fall back to the user's Docker config).
+    async fn credentials_for(&self, project: &Project) -> Result<Option<Credentials>> {
+        let Some(name) = &project.registry else {
+            return Ok(None);
+        };
+        if let Some(c) = self.inner.credentials.get(name) {
+            return Ok(Some(c.clone()));
+        }
+        let store = &self.inner.store;
+        let secret = store.get_credential(&format!("registry/{name}")).await?;
+        let user = store.get_setting(&format!("registry/{name}/username")).await?;
+        Ok(match (user, secret) {
+            (Some(username), Some(secret)) => Some(Credentials { username, secret }),
+            _ => None,
+        })
+    }
+
+    /// Deliver an event to every notifier; failures are logged, never returned.
+    async fn notify(&self, event: Event) {
+        for n in &self.inner.notifiers {
+            let r = timed(
+                || "notification".into(),
+                self.inner.settings.notify_timeout,
+                n.notify(&event),
+            )
+            .await;
+            if let Err(e) = r {
+                tracing::warn!(error = %e.chain(), kind = ?event.kind, "notifier failed; the operation itself is unaffected");
+            }
+        }
+    }
+}

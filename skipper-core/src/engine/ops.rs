@@ -1,0 +1,343 @@
+//! Instance operations (stop, start, restart, remove) and stage rollback.
+
+use chrono::Utc;
+
+use super::{DeployRequest, Engine, PullPolicy, timed};
+use crate::backend::{DeploymentFilter, InstanceFilter, Route};
+use crate::error::{Error, Result};
+use crate::model::{
+    DeployStatus, Deployment, Event, EventKind, Instance, InstanceState, Step, StepStatus,
+    Trigger, new_id,
+};
+
+/// An operation on one instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum InstanceOp {
+    Stop,
+    Start,
+    Restart,
+    Remove,
+}
+
+impl Engine {
+    /// Stop an instance's container (its routes stay; it can be started again).
+    pub async fn stop_instance(&self, id: &str) -> Result<Instance> {
+        self.instance_op(id, InstanceOp::Stop).await
+    }
+
+    /// Start a stopped instance.
+    pub async fn start_instance(&self, id: &str) -> Result<Instance> {
+        self.instance_op(id, InstanceOp::Start).await
+    }
+
+    /// Restart an instance.
+    pub async fn restart_instance(&self, id: &str) -> Result<Instance> {
+        self.instance_op(id, InstanceOp::Restart).await
+    }
+
+    /// Remove an instance: its routes first, then its container and record. If it was the
+    /// stage's active instance, the stage's domain moves to the newest other running instance,
+    /// or is removed when there is none.
+    pub async fn remove_instance(&self, id: &str) -> Result<Instance> {
+        self.instance_op(id, InstanceOp::Remove).await
+    }
+
+    async fn instance_op(&self, id: &str, op: InstanceOp) -> Result<Instance> {
+        let found = self.find_instance(id).await?;
+        let this = self.clone();
+        self.tracked(async move {
+            let lock = this.lock_stage(&found.project, &found.stage).await?;
+            let r = this.instance_op_locked(&found.id, op).await;
+            lock.release().await;
+            r
+        })
+        .await
+    }
+
+    async fn instance_op_locked(&self, id: &str, op: InstanceOp) -> Result<Instance> {
+        let store = &self.inner.store;
+        let rt = &self.inner.runtime;
+        let t = self.inner.settings.timeouts.clone();
+        let grace = self.inner.settings.stop_grace;
+        let mut inst = store
+            .get_instance(id)
+            .await?
+            .ok_or_else(|| Error::not_found(format!("instance {id:?}")))?;
+        let cid = inst.container_id.clone();
+        let need_container = || {
+            cid.clone().ok_or_else(|| {
+                Error::not_found(format!("a container for instance {} (it is {})", inst.id, inst.state))
+            })
+        };
+        match op {
+            InstanceOp::Stop => {
+                let c = need_container()?;
+                timed(|| "container stop".into(), t.retire, rt.stop_container(&c, grace)).await?;
+                inst.state = InstanceState::Stopped;
+            }
+            InstanceOp::Start => {
+                let c = need_container()?;
+                timed(|| "container start".into(), t.start, rt.start_container(&c)).await?;
+                inst.state = InstanceState::Running;
+            }
+            InstanceOp::Restart => {
+                let c = need_container()?;
+                timed(|| "container restart".into(), t.start, rt.restart_container(&c, grace)).await?;
+                inst.state = InstanceState::Running;
+            }
+            InstanceOp::Remove => {
+                self.unroute(&inst).await?;
+                if let Some(c) = &cid {
+                    timed(|| "container removal".into(), t.call, rt.remove_container(c)).await?;
+                }
+                store.delete_instance(&inst.id).await?;
+                tracing::info!(instance = %inst.id, "instance removed");
+                self.notify(Event {
+                    kind: EventKind::InstanceRemoved,
+                    project: inst.project.clone(),
+                    stage: inst.stage.clone(),
+                    image: Some(inst.image.clone()),
+                    deployment_id: None,
+                    instance_id: Some(inst.id.clone()),
+                    url: None,
+                    message: format!("instance {} ({}) removed", inst.id, inst.tag),
+                    at: Utc::now(),
+                })
+                .await;
+                return Ok(inst);
+            }
+        }
+        inst.updated_at = Utc::now();
+        store.put_instance(&inst).await?;
+        Ok(inst)
+    }
+
+    /// Remove an instance's routes; if it is active, hand the stage's domain to the newest
+    /// other running instance (or remove it).
+    async fn unroute(&self, inst: &Instance) -> Result<()> {
+        let store = &self.inner.store;
+        let project = self.project(&inst.project).await?;
+        let stage = project.stage(&inst.stage)?.clone();
+        let others: Vec<Instance> = store
+            .list_instances(&InstanceFilter {
+                project: Some(inst.project.clone()),
+                stage: Some(inst.stage.clone()),
+            })
+            .await?
+            .into_iter()
+            .filter(|i| i.id != inst.id)
+            .collect();
+        let successor = if inst.active {
+            others
+                .iter()
+                .filter(|i| i.state == InstanceState::Running && i.upstream.is_some())
+                .max_by_key(|i| i.created_at)
+                .cloned()
+        } else {
+            None
+        };
+        if let Some(proxy) = &self.inner.proxy {
+            let t = self.inner.settings.timeouts.route;
+            if !others.iter().any(|i| i.domain == inst.domain) {
+                timed(|| "route removal".into(), t, proxy.remove_route(&inst.domain)).await?;
+            }
+            if inst.active {
+                let stage_domain = self.inner.settings.domains.stage_domain(
+                    &project.name,
+                    &stage.name,
+                    stage.subdomain.as_deref(),
+                );
+                match successor.as_ref().and_then(|s| s.upstream.clone()) {
+                    Some(upstream) => {
+                        let route = Route {
+                            domain: stage_domain,
+                            upstream,
+                            options: project.route.clone(),
+                        };
+                        timed(|| "route".into(), t, proxy.ensure_route(&route)).await?;
+                    }
+                    None => timed(|| "route removal".into(), t, proxy.remove_route(&stage_domain)).await?,
+                }
+            }
+        }
+        if let Some(mut s) = successor {
+            s.active = true;
+            s.updated_at = Utc::now();
+            store.put_instance(&s).await?;
+        }
+        Ok(())
+    }
+
+    /// Roll a stage back to its previous successful version.
+    ///
+    /// If that version still runs (with `max_instances > 1`), traffic switches to it at once;
+    /// otherwise it is deployed again (pinned to its digest when known), health-gated as usual.
+    pub async fn rollback(&self, project: &str, stage: &str) -> Result<Deployment> {
+        let this = self.clone();
+        let (project, stage) = (project.to_owned(), stage.to_owned());
+        self.tracked(async move { this.rollback_inner(&project, &stage).await }).await
+    }
+
+    async fn rollback_inner(&self, project_name: &str, stage_name: &str) -> Result<Deployment> {
+        let project = self.project(project_name).await?;
+        let stage = project.stage(stage_name)?.clone();
+        let store = &self.inner.store;
+        let lock = self.lock_stage(&project.name, &stage.name).await?;
+        let prepared = async {
+            self.reconcile_stage(&project, &stage).await?;
+            let instances = store
+                .list_instances(&InstanceFilter {
+                    project: Some(project.name.clone()),
+                    stage: Some(stage.name.clone()),
+                })
+                .await?;
+            let current = instances.iter().find(|i| i.active).cloned();
+            let history = store
+                .list_deployments(&DeploymentFilter {
+                    project: Some(project.name.clone()),
+                    stage: Some(stage.name.clone()),
+                    limit: None,
+                })
+                .await?;
+            let current_deploy = current.as_ref().map(|c| c.deployment_id.clone());
+            let current_image = current.as_ref().map(|c| (c.tag.clone(), c.digest.clone()));
+            // The newest successful deployment before the current one, of a different version.
+            let target = history
+                .into_iter()
+                .filter(|d| d.status == DeployStatus::Succeeded)
+                .filter(|d| Some(&d.id) != current_deploy.as_ref())
+                .find(|d| match &current_image {
+                    Some((tag, digest)) => {
+                        &d.tag != tag || (digest.is_some() && d.digest.is_some() && &d.digest != digest)
+                    }
+                    None => true,
+                })
+                .ok_or_else(|| {
+                    Error::not_found(format!(
+                        "an earlier successful version of {}/{} to roll back to",
+                        project.name, stage.name
+                    ))
+                })?;
+            let running = instances
+                .iter()
+                .find(|i| {
+                    i.tag == target.tag
+                        && i.state == InstanceState::Running
+                        && !i.active
+                        && (target.digest.is_none() || i.digest == target.digest)
+                })
+                .cloned();
+            Ok::<_, Error>((current, target, running))
+        }
+        .await;
+        let (current, target, running) = match prepared {
+            Ok(v) => v,
+            Err(e) => {
+                lock.release().await;
+                return Err(e);
+            }
+        };
+
+        if let Some(to) = running {
+            // Fast path: the old version still runs; switch traffic to it.
+            let r = self.switch_to(&project, &stage, current.as_ref(), &to, &target.image).await;
+            lock.release().await;
+            return r;
+        }
+        lock.release().await;
+        let image = match &target.digest {
+            Some(d) => target.image.with_digest(d)?,
+            None => target.image.clone(),
+        };
+        let mut req = DeployRequest::new(&project.name, &stage.name, image);
+        req.trigger = Trigger::Rollback;
+        req.pull = PullPolicy::Missing;
+        let this = self.clone();
+        this.deploy_inner(req).await
+    }
+
+    async fn switch_to(
+        &self,
+        project: &crate::model::Project,
+        stage: &crate::model::Stage,
+        current: Option<&Instance>,
+        to: &Instance,
+        image: &crate::reference::ImageRef,
+    ) -> Result<Deployment> {
+        let store = &self.inner.store;
+        let now = Utc::now();
+        let mut d = Deployment {
+            id: new_id(),
+            project: project.name.clone(),
+            stage: stage.name.clone(),
+            image: image.clone(),
+            tag: to.tag.clone(),
+            digest: to.digest.clone(),
+            instance_id: Some(to.id.clone()),
+            previous_instance: current.map(|c| c.id.clone()),
+            replaced: Vec::new(),
+            status: DeployStatus::InProgress,
+            trigger: Trigger::Rollback,
+            steps: Vec::new(),
+            error: None,
+            started_at: now,
+            finished_at: None,
+        };
+        d.log(Step::Validate, StepStatus::Done, format!("{} still runs as {}", to.tag, to.id));
+        store.put_deployment(&d).await?;
+        if let (Some(proxy), Some(upstream)) = (&self.inner.proxy, &to.upstream) {
+            let domain = self.inner.settings.domains.stage_domain(
+                &project.name,
+                &stage.name,
+                stage.subdomain.as_deref(),
+            );
+            let route = Route {
+                domain: domain.clone(),
+                upstream: upstream.clone(),
+                options: project.route.clone(),
+            };
+            let t = self.inner.settings.timeouts.route;
+            if let Err(e) = timed(|| format!("route {domain}"), t, proxy.ensure_route(&route)).await {
+                d.status = DeployStatus::Failed;
+                d.log(Step::Switch, StepStatus::Failed, e.chain());
+                d.error = Some(crate::model::DeployError {
+                    step: Step::Switch,
+                    kind: e.kind(),
+                    message: e.chain(),
+                    logs: Vec::new(),
+                });
+                d.finished_at = Some(Utc::now());
+                store.put_deployment(&d).await?;
+                return Ok(d);
+            }
+            d.log(Step::Switch, StepStatus::Done, format!("{domain} → {upstream}"));
+        }
+        let mut promoted = to.clone();
+        promoted.active = true;
+        promoted.updated_at = now;
+        store.put_instance(&promoted).await?;
+        if let Some(c) = current {
+            let mut demoted = c.clone();
+            demoted.active = false;
+            demoted.updated_at = now;
+            store.put_instance(&demoted).await?;
+        }
+        d.status = DeployStatus::Succeeded;
+        d.finished_at = Some(Utc::now());
+        d.log(Step::Record, StepStatus::Done, format!("{} is active again", to.id));
+        store.put_deployment(&d).await?;
+        self.notify(Event {
+            kind: EventKind::RolledBack,
+            project: project.name.clone(),
+            stage: stage.name.clone(),
+            image: Some(image.clone()),
+            deployment_id: Some(d.id.clone()),
+            instance_id: Some(to.id.clone()),
+            url: self.url_of(project, stage, to),
+            message: format!("{}/{} rolled back to {}", project.name, stage.name, to.tag),
+            at: Utc::now(),
+        })
+        .await;
+        Ok(d)
+    }
+}

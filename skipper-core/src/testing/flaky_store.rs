@@ -1,0 +1,149 @@
+//! A [`Store`] wrapper that fails chosen calls.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use secrecy::SecretString;
+
+use crate::backend::{DeploymentFilter, InstanceFilter, Store};
+use crate::error::Result;
+use crate::model::{DeployStatus, Deployment, Instance, Project, SeenTag};
+use crate::testing::Fault;
+
+/// Store calls that can be made to fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum StoreOp {
+    /// `get_project`.
+    GetProject,
+    /// `put_instance`.
+    PutInstance,
+    /// `list_instances`.
+    ListInstances,
+    /// `put_deployment` of an in-progress deployment.
+    PutDeploymentStarted,
+    /// `put_deployment` of a succeeded deployment (the engine's record step).
+    PutDeploymentSucceeded,
+    /// `put_deployment` of a failed deployment.
+    PutDeploymentFailed,
+    /// `try_lock`.
+    TryLock,
+}
+
+/// Wraps a store; calls listed with [`FlakyStore::inject`] fail once each.
+pub struct FlakyStore {
+    inner: Arc<dyn Store>,
+    faults: Mutex<HashMap<StoreOp, Vec<Fault>>>,
+}
+
+impl FlakyStore {
+    /// Wrap `inner`.
+    pub fn new(inner: Arc<dyn Store>) -> Self {
+        Self {
+            inner,
+            faults: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Fail the next `op` with `fault`.
+    pub fn inject(&self, op: StoreOp, fault: Fault) {
+        self.faults
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(op)
+            .or_default()
+            .push(fault);
+    }
+
+    async fn check(&self, op: StoreOp) -> Result<()> {
+        let fault = self
+            .faults
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(&op)
+            .and_then(|q| (!q.is_empty()).then(|| q.remove(0)));
+        match fault {
+            Some(f) => f.apply("flaky-store", &format!("{op:?}")).await,
+            None => Ok(()),
+        }
+    }
+}
+
+#[async_trait]
+impl Store for FlakyStore {
+    async fn put_project(&self, project: &Project) -> Result<()> {
+        self.inner.put_project(project).await
+    }
+    async fn get_project(&self, name: &str) -> Result<Option<Project>> {
+        self.check(StoreOp::GetProject).await?;
+        self.inner.get_project(name).await
+    }
+    async fn list_projects(&self) -> Result<Vec<Project>> {
+        self.inner.list_projects().await
+    }
+    async fn delete_project(&self, name: &str) -> Result<()> {
+        self.inner.delete_project(name).await
+    }
+    async fn put_instance(&self, instance: &Instance) -> Result<()> {
+        self.check(StoreOp::PutInstance).await?;
+        self.inner.put_instance(instance).await
+    }
+    async fn get_instance(&self, id: &str) -> Result<Option<Instance>> {
+        self.inner.get_instance(id).await
+    }
+    async fn list_instances(&self, filter: &InstanceFilter) -> Result<Vec<Instance>> {
+        self.check(StoreOp::ListInstances).await?;
+        self.inner.list_instances(filter).await
+    }
+    async fn delete_instance(&self, id: &str) -> Result<()> {
+        self.inner.delete_instance(id).await
+    }
+    async fn put_deployment(&self, deployment: &Deployment) -> Result<()> {
+        let op = match deployment.status {
+            DeployStatus::InProgress => StoreOp::PutDeploymentStarted,
+            DeployStatus::Succeeded => StoreOp::PutDeploymentSucceeded,
+            DeployStatus::Failed => StoreOp::PutDeploymentFailed,
+        };
+        self.check(op).await?;
+        self.inner.put_deployment(deployment).await
+    }
+    async fn get_deployment(&self, id: &str) -> Result<Option<Deployment>> {
+        self.inner.get_deployment(id).await
+    }
+    async fn list_deployments(&self, filter: &DeploymentFilter) -> Result<Vec<Deployment>> {
+        self.inner.list_deployments(filter).await
+    }
+    async fn get_setting(&self, key: &str) -> Result<Option<String>> {
+        self.inner.get_setting(key).await
+    }
+    async fn put_setting(&self, key: &str, value: &str) -> Result<()> {
+        self.inner.put_setting(key, value).await
+    }
+    async fn put_credential(&self, name: &str, secret: &SecretString) -> Result<()> {
+        self.inner.put_credential(name, secret).await
+    }
+    async fn get_credential(&self, name: &str) -> Result<Option<SecretString>> {
+        self.inner.get_credential(name).await
+    }
+    async fn list_credentials(&self) -> Result<Vec<String>> {
+        self.inner.list_credentials().await
+    }
+    async fn delete_credential(&self, name: &str) -> Result<()> {
+        self.inner.delete_credential(name).await
+    }
+    async fn put_seen_tag(&self, seen: &SeenTag) -> Result<()> {
+        self.inner.put_seen_tag(seen).await
+    }
+    async fn list_seen_tags(&self, repository: &str) -> Result<Vec<SeenTag>> {
+        self.inner.list_seen_tags(repository).await
+    }
+    async fn try_lock(&self, key: &str, holder: &str, ttl: Duration) -> Result<bool> {
+        self.check(StoreOp::TryLock).await?;
+        self.inner.try_lock(key, holder, ttl).await
+    }
+    async fn unlock(&self, key: &str, holder: &str) -> Result<()> {
+        self.inner.unlock(key, holder).await
+    }
+}

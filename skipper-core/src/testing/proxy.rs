@@ -1,0 +1,112 @@
+//! An in-memory [`ProxyManager`] with fault injection.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+
+use crate::backend::{ProxyManager, Route};
+use crate::error::Result;
+use crate::testing::Fault;
+
+#[derive(Default)]
+struct State {
+    routes: BTreeMap<String, Route>,
+    /// Faults for `ensure_route` by domain.
+    ensure_faults: HashMap<String, Vec<Fault>>,
+    remove_faults: Vec<Fault>,
+    list_faults: Vec<Fault>,
+    ensures: usize,
+}
+
+/// A route table in memory.
+#[derive(Default)]
+pub struct FakeProxy {
+    state: Mutex<State>,
+}
+
+impl FakeProxy {
+    /// An empty proxy.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Fail the next `ensure_route` for `domain`.
+    pub fn fail_ensure(&self, domain: &str, fault: Fault) {
+        self.lock()
+            .ensure_faults
+            .entry(domain.to_owned())
+            .or_default()
+            .push(fault);
+    }
+
+    /// Fail the next `remove_route`.
+    pub fn fail_remove(&self, fault: Fault) {
+        self.lock().remove_faults.push(fault);
+    }
+
+    /// Fail the next `list_routes`.
+    pub fn fail_list(&self, fault: Fault) {
+        self.lock().list_faults.push(fault);
+    }
+
+    /// The current routes, by domain.
+    pub fn routes(&self) -> BTreeMap<String, Route> {
+        self.lock().routes.clone()
+    }
+
+    /// The route for `domain`, if any.
+    pub fn route(&self, domain: &str) -> Option<Route> {
+        self.lock().routes.get(domain).cloned()
+    }
+
+    /// How many `ensure_route` calls were made.
+    pub fn ensure_calls(&self) -> usize {
+        self.lock().ensures
+    }
+}
+
+#[async_trait]
+impl ProxyManager for FakeProxy {
+    async fn ensure_route(&self, route: &Route) -> Result<()> {
+        let fault = {
+            let mut s = self.lock();
+            s.ensures += 1;
+            s.ensure_faults
+                .get_mut(&route.domain)
+                .and_then(|q| (!q.is_empty()).then(|| q.remove(0)))
+        };
+        if let Some(f) = fault {
+            f.apply("fake-proxy", &format!("ensure_route {}", route.domain)).await?;
+        }
+        self.lock().routes.insert(route.domain.clone(), route.clone());
+        Ok(())
+    }
+
+    async fn remove_route(&self, domain: &str) -> Result<()> {
+        let fault = {
+            let mut s = self.lock();
+            (!s.remove_faults.is_empty()).then(|| s.remove_faults.remove(0))
+        };
+        if let Some(f) = fault {
+            f.apply("fake-proxy", &format!("remove_route {domain}")).await?;
+        }
+        self.lock().routes.remove(domain);
+        Ok(())
+    }
+
+    async fn list_routes(&self) -> Result<Vec<Route>> {
+        let fault = {
+            let mut s = self.lock();
+            (!s.list_faults.is_empty()).then(|| s.list_faults.remove(0))
+        };
+        if let Some(f) = fault {
+            f.apply("fake-proxy", "list_routes").await?;
+        }
+        Ok(self.lock().routes.values().cloned().collect())
+    }
+}
