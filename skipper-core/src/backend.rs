@@ -206,8 +206,10 @@ pub trait Runtime: Send + Sync {
     /// Inspect a container. `NotFound` if it does not exist.
     async fn inspect_container(&self, id: &str) -> Result<ContainerInfo>;
     /// Every container carrying all of `labels` (key → value), running or not.
-    async fn list_containers(&self, labels: &BTreeMap<String, String>)
-    -> Result<Vec<ContainerInfo>>;
+    async fn list_containers(
+        &self,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<Vec<ContainerInfo>>;
     /// One HTTP GET of `path` on the container's app `port`, within `timeout`. An answer of any
     /// status is `Ok`; only a failure to ask at all (the container is gone) is `Err`.
     async fn probe_http(

@@ -248,7 +248,9 @@ mod opt_duration {
 
     use serde::{Deserialize, Deserializer};
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
         #[derive(Deserialize)]
         struct W(#[serde(with = "super::duration_str")] Duration);
         Ok(Some(W::deserialize(d)?.0))
@@ -332,7 +334,8 @@ impl Config {
     fn from_raw(raw: RawConfig, text: &str) -> Result<Self> {
         let mut global = GlobalConfig::default();
         if let Some(d) = raw.global.domain {
-            subdomain::validate_domain(&d.value).map_err(at("global.domain".into(), line_of(&d)))?;
+            subdomain::validate_domain(&d.value)
+                .map_err(at("global.domain".into(), line_of(&d)))?;
             global.domain = d.value;
         }
         if let Some(n) = raw.global.network {
@@ -348,11 +351,15 @@ impl Config {
             global.notification_url = Some(parse_url(&u, "global.notification_url")?);
         }
         if let Some(i) = raw.global.poll_interval {
-            global.poll_interval = humantime::parse_duration(&i.value).map_err(|e| Error::Config {
-                field: "global.poll_interval".into(),
-                line: line_of(&i),
-                message: format!("invalid duration {:?} ({e}); write it like \"30s\"", i.value),
-            })?;
+            global.poll_interval =
+                humantime::parse_duration(&i.value).map_err(|e| Error::Config {
+                    field: "global.poll_interval".into(),
+                    line: line_of(&i),
+                    message: format!(
+                        "invalid duration {:?} ({e}); write it like \"30s\"",
+                        i.value
+                    ),
+                })?;
         }
 
         let npm = raw
@@ -413,8 +420,8 @@ fn build_project(
     name_line: usize,
 ) -> Result<Project> {
     let field = format!("projects.{name}");
-    let image_ref = ImageRef::parse(&p.image.value)
-        .map_err(at(format!("{field}.image"), line_of(&p.image)))?;
+    let image_ref =
+        ImageRef::parse(&p.image.value).map_err(at(format!("{field}.image"), line_of(&p.image)))?;
     let last_segment = p.image.value.rsplit('/').next().unwrap_or_default();
     if last_segment.contains(':') || p.image.value.contains('@') {
         return Err(Error::Config {
@@ -516,18 +523,18 @@ fn build_project(
             Some(m) => m.value,
             None => 1,
         };
-        if let Some(from) = &s.promote_from {
-            if from.value == sname || !stage_names.contains(&from.value) {
-                return Err(Error::Config {
-                    field: format!("{sfield}.promote_from"),
-                    line: line_of(from),
-                    message: format!(
-                        "{:?} is not another stage of {name} (stages: {})",
-                        from.value,
-                        stage_names.join(", ")
-                    ),
-                });
-            }
+        if let Some(from) = &s.promote_from
+            && (from.value == sname || !stage_names.contains(&from.value))
+        {
+            return Err(Error::Config {
+                field: format!("{sfield}.promote_from"),
+                line: line_of(from),
+                message: format!(
+                    "{:?} is not another stage of {name} (stages: {})",
+                    from.value,
+                    stage_names.join(", ")
+                ),
+            });
         }
         if let Some(sub) = &s.subdomain {
             subdomain::validate_label(&sub.value)
@@ -570,7 +577,10 @@ fn parse_url(s: &Spanned<String>, field: &str) -> Result<Url> {
 pub fn validate_network(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 64
-        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
@@ -634,12 +644,17 @@ projects:
         assert_eq!(prod.max_instances, 2);
         assert!(p.stages["dev"].auto_deploy);
         assert_eq!(
-            c.global.domains().stage_domain("web-app", "prod", prod.subdomain.as_deref()),
+            c.global
+                .domains()
+                .stage_domain("web-app", "prod", prod.subdomain.as_deref()),
             "launcher.example.com"
         );
         // Secrets never show in Debug.
         let dbg = format!("{c:?}");
-        assert!(!dbg.contains("npm-pass") && !dbg.contains("\"tok\""), "{dbg}");
+        assert!(
+            !dbg.contains("npm-pass") && !dbg.contains("\"tok\""),
+            "{dbg}"
+        );
     }
 
     #[test]
@@ -752,7 +767,14 @@ projects:
 
     #[test]
     fn never_panics_on_garbage() {
-        for text in ["{", "- - -", "projects: 3", "global: []", "\u{0}", "projects:\n  x:\n"] {
+        for text in [
+            "{",
+            "- - -",
+            "projects: 3",
+            "global: []",
+            "\u{0}",
+            "projects:\n  x:\n",
+        ] {
             assert!(Config::parse(text).is_err(), "{text:?}");
         }
     }

@@ -258,9 +258,9 @@ impl Project {
 
     /// The stage named `name`.
     pub fn stage(&self, name: &str) -> Result<&Stage> {
-        self.stages.get(name).ok_or_else(|| {
-            Error::not_found(format!("stage {name:?} of project {:?}", self.name))
-        })
+        self.stages
+            .get(name)
+            .ok_or_else(|| Error::not_found(format!("stage {name:?} of project {:?}", self.name)))
     }
 
     /// The image reference of `tag` in this project's repository.
@@ -275,14 +275,19 @@ impl Project {
         if repo.name() != self.image {
             return Err(Error::InvalidReference {
                 input: self.image.clone(),
-                reason: format!("a project image is a repository without tag, like {}", repo.name()),
+                reason: format!(
+                    "a project image is a repository without tag, like {}",
+                    repo.name()
+                ),
             });
         }
-        self.health.validate().map_err(|reason| Error::InvalidName {
-            what: "health check",
-            value: self.health.path.clone().unwrap_or_default(),
-            reason,
-        })?;
+        self.health
+            .validate()
+            .map_err(|reason| Error::InvalidName {
+                what: "health check",
+                value: self.health.path.clone().unwrap_or_default(),
+                reason,
+            })?;
         if self.port == Some(0) {
             return Err(Error::InvalidName {
                 what: "port",

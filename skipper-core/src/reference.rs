@@ -231,7 +231,8 @@ pub fn validate_tag(tag: &str) -> std::result::Result<(), String> {
             "the tag {tag:?} must start with a letter, digit or '_'"
         ));
     }
-    if let Some(bad) = chars.find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))) {
+    if let Some(bad) = chars.find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
+    {
         return Err(format!("the tag {tag:?} contains {bad:?}"));
     }
     Ok(())
@@ -244,13 +245,16 @@ fn validate_digest(digest: &str) -> std::result::Result<(), String> {
         ));
     };
     let valid_algo = !algo.is_empty()
-        && algo
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '+' | '.' | '_' | '-'));
+        && algo.chars().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '+' | '.' | '_' | '-')
+        });
     if !valid_algo {
         return Err(format!("the digest algorithm {algo:?} is not valid"));
     }
-    let hex_ok = hex.len() >= 32 && hex.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase());
+    let hex_ok = hex.len() >= 32
+        && hex
+            .chars()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase());
     if !hex_ok || (algo == "sha256" && hex.len() != 64) {
         return Err(format!(
             "the digest {digest:?} must look like sha256:<64 lower-case hex digits>"
@@ -284,13 +288,15 @@ fn validate_registry(host: &str) -> std::result::Result<(), String> {
                     && !label.ends_with('-')
             });
         if !ok {
-            return Err(format!("the registry host {name:?} is not a valid host name"));
+            return Err(format!(
+                "the registry host {name:?} is not a valid host name"
+            ));
         }
     }
-    if let Some(port) = port {
-        if port.parse::<u16>().map_or(true, |p| p == 0) {
-            return Err(format!("the registry port {port:?} is not a valid port"));
-        }
+    if let Some(port) = port
+        && port.parse::<u16>().map_or(true, |p| p == 0)
+    {
+        return Err(format!("the registry port {port:?} is not a valid port"));
     }
     Ok(())
 }
@@ -344,14 +350,23 @@ mod tests {
         assert_eq!(norm("nginx"), "docker.io/library/nginx:latest");
         assert_eq!(norm("nginx:1.25"), "docker.io/library/nginx:1.25");
         assert_eq!(norm("user/app"), "docker.io/user/app:latest");
-        assert_eq!(norm("index.docker.io/nginx"), "docker.io/library/nginx:latest");
+        assert_eq!(
+            norm("index.docker.io/nginx"),
+            "docker.io/library/nginx:latest"
+        );
         assert_eq!(norm("localhost:5000/a/b"), "localhost:5000/a/b:latest");
         assert_eq!(norm("localhost/app:v1"), "localhost/app:v1");
-        assert_eq!(norm("127.0.0.1:5000/team/app:dev-1"), "127.0.0.1:5000/team/app:dev-1");
+        assert_eq!(
+            norm("127.0.0.1:5000/team/app:dev-1"),
+            "127.0.0.1:5000/team/app:dev-1"
+        );
         assert_eq!(norm("ghcr.io/org/app:v1.2.3"), "ghcr.io/org/app:v1.2.3");
         assert_eq!(norm("[::1]:5000/app:v1"), "[::1]:5000/app:v1");
         let d = "sha256:".to_owned() + &"a".repeat(64);
-        assert_eq!(norm(&format!("ghcr.io/org/app@{d}")), format!("ghcr.io/org/app@{d}"));
+        assert_eq!(
+            norm(&format!("ghcr.io/org/app@{d}")),
+            format!("ghcr.io/org/app@{d}")
+        );
         assert_eq!(
             norm(&format!("app:v1@{d}")),
             format!("docker.io/library/app:v1@{d}")

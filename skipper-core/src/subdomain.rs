@@ -83,16 +83,16 @@ pub fn validate_pattern(pattern: &str) -> Result<()> {
             reason: "it must contain {project}, or two projects would share a domain".into(),
         });
     }
-    validate_label(&pattern.replace("{stage}", "s").replace("{project}", "p")).map_err(|e| {
-        match e {
+    validate_label(&pattern.replace("{stage}", "s").replace("{project}", "p")).map_err(
+        |e| match e {
             Error::InvalidName { reason, .. } => Error::InvalidName {
                 what: "subdomain pattern",
                 value: pattern.to_owned(),
                 reason,
             },
             other => other,
-        }
-    })
+        },
+    )
 }
 
 /// Turn arbitrary text (a tag) into label characters: lower-case, `[^a-z0-9]` → `-`, collapsed,
@@ -157,7 +157,10 @@ impl DomainScheme {
         match custom {
             Some(custom) => custom.to_owned(),
             None => {
-                let filled = self.pattern.replace("{stage}", stage).replace("{project}", project);
+                let filled = self
+                    .pattern
+                    .replace("{stage}", stage)
+                    .replace("{project}", project);
                 join_label(&[&filled], false)
             }
         }
@@ -165,12 +168,22 @@ impl DomainScheme {
 
     /// The stage's domain (`stage-dev-app.example.com`, or `launcher.example.com`).
     pub fn stage_domain(&self, project: &str, stage: &str, custom: Option<&str>) -> String {
-        format!("{}.{}", self.stage_label(project, stage, custom), self.domain)
+        format!(
+            "{}.{}",
+            self.stage_label(project, stage, custom),
+            self.domain
+        )
     }
 
     /// An instance's own domain: the stage label (the pattern, even for a custom-subdomain stage)
     /// plus the sanitised tag. `force_hash` makes it unique when two tags sanitise alike.
-    pub fn instance_domain(&self, project: &str, stage: &str, tag: &str, force_hash: bool) -> String {
+    pub fn instance_domain(
+        &self,
+        project: &str,
+        stage: &str,
+        tag: &str,
+        force_hash: bool,
+    ) -> String {
         let base = self.stage_label(project, stage, None);
         format!("{}.{}", join_label(&[&base, tag], force_hash), self.domain)
     }
@@ -191,8 +204,14 @@ mod tests {
     #[test]
     fn conventional_domains() {
         let s = scheme();
-        assert_eq!(s.stage_domain("web-app", "dev", None), "stage-dev-web-app.example.com");
-        assert_eq!(s.stage_domain("web-app", "prod", Some("launcher")), "launcher.example.com");
+        assert_eq!(
+            s.stage_domain("web-app", "dev", None),
+            "stage-dev-web-app.example.com"
+        );
+        assert_eq!(
+            s.stage_domain("web-app", "prod", Some("launcher")),
+            "launcher.example.com"
+        );
         assert_eq!(
             s.instance_domain("app", "dev", "abc123", false),
             "stage-dev-app-abc123.example.com"

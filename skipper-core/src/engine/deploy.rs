@@ -21,7 +21,10 @@ enum Undo {
     /// Delete an instance record this deploy created.
     DeleteInstance(String),
     /// Put a route back as it was (`None`: remove it).
-    RestoreRoute { domain: String, previous: Option<Route> },
+    RestoreRoute {
+        domain: String,
+        previous: Option<Route>,
+    },
     /// Start a container this deploy stopped.
     StartContainer(String),
     /// Write back an instance record this deploy changed.
@@ -67,7 +70,8 @@ impl Engine {
     /// confirmation, promotion), the project is unknown, or the stage stayed busy.
     pub async fn deploy(&self, req: DeployRequest) -> Result<Deployment> {
         let this = self.clone();
-        self.tracked(async move { this.deploy_inner(req).await }).await
+        self.tracked(async move { this.deploy_inner(req).await })
+            .await
     }
 
     pub(crate) async fn deploy_inner(&self, req: DeployRequest) -> Result<Deployment> {
@@ -82,7 +86,12 @@ impl Engine {
     }
 
     /// Policy checks: repository, pattern, confirmation, promotion. Returns the tag.
-    async fn validate(&self, project: &Project, stage: &Stage, req: &DeployRequest) -> Result<String> {
+    async fn validate(
+        &self,
+        project: &Project,
+        stage: &Stage,
+        req: &DeployRequest,
+    ) -> Result<String> {
         let repo = crate::reference::ImageRef::parse(&project.image)?;
         if !req.image.same_repository(&repo) {
             return Err(Error::rejected(format!(
@@ -111,13 +120,13 @@ impl Engine {
                 stage.name
             )));
         }
-        if let Some(from) = &stage.promote_from {
-            if !self.ran_in_stage(&project.name, from, &tag).await? {
-                return Err(Error::rejected(format!(
-                    "tag {tag:?} cannot be promoted to {:?}: it has not run successfully in {from:?}",
-                    stage.name
-                )));
-            }
+        if let Some(from) = &stage.promote_from
+            && !self.ran_in_stage(&project.name, from, &tag).await?
+        {
+            return Err(Error::rejected(format!(
+                "tag {tag:?} cannot be promoted to {:?}: it has not run successfully in {from:?}",
+                stage.name
+            )));
         }
         Ok(tag)
     }
@@ -176,7 +185,11 @@ impl Engine {
             started_at: Utc::now(),
             finished_at: None,
         };
-        deployment.log(Step::Validate, StepStatus::Done, format!("{} may deploy to {}", req.image, stage.name));
+        deployment.log(
+            Step::Validate,
+            StepStatus::Done,
+            format!("{} may deploy to {}", req.image, stage.name),
+        );
         self.record(&deployment).await?;
         tracing::info!(deployment = %deployment.id, project = %project.name, stage = %stage.name, image = %req.image, "deploy started");
 
@@ -212,7 +225,12 @@ impl Engine {
     }
 
     /// The upstream the proxy should use for an instance.
-    pub(crate) fn upstream_for(&self, name: &str, port: u16, info: Option<&ContainerInfo>) -> Upstream {
+    pub(crate) fn upstream_for(
+        &self,
+        name: &str,
+        port: u16,
+        info: Option<&ContainerInfo>,
+    ) -> Upstream {
         match &self.inner.settings.upstream {
             UpstreamTarget::ContainerName => Upstream {
                 scheme: "http".into(),
@@ -233,7 +251,11 @@ impl Engine {
         }
     }
 
-    async fn run_steps(&self, saga: &mut Saga, req: &DeployRequest) -> std::result::Result<Instance, Failed> {
+    async fn run_steps(
+        &self,
+        saga: &mut Saga,
+        req: &DeployRequest,
+    ) -> std::result::Result<Instance, Failed> {
         let rt = self.inner.runtime.clone();
         let t = self.inner.settings.timeouts.clone();
         let image = req.image.clone();
@@ -243,13 +265,22 @@ impl Engine {
         let present = match req.pull {
             PullPolicy::Always => false,
             PullPolicy::Missing | PullPolicy::Never => {
-                timed(|| "image lookup".into(), t.call, rt.has_image(&image)).await.at(Step::Pull)?
+                timed(|| "image lookup".into(), t.call, rt.has_image(&image))
+                    .await
+                    .at(Step::Pull)?
             }
         };
         if present {
-            saga.deployment.log(Step::Pull, StepStatus::Skipped, format!("{image} is present"));
+            saga.deployment.log(
+                Step::Pull,
+                StepStatus::Skipped,
+                format!("{image} is present"),
+            );
         } else if req.pull == PullPolicy::Never {
-            return Err(Error::not_found(format!("image {image} locally (pull policy is never)"))).at(Step::Pull);
+            return Err(Error::not_found(format!(
+                "image {image} locally (pull policy is never)"
+            )))
+            .at(Step::Pull);
         } else {
             let pulled = timed(
                 || format!("pull of {image}"),
@@ -264,17 +295,25 @@ impl Engine {
             saga.deployment.log(
                 Step::Pull,
                 StepStatus::Done,
-                format!("pulled {image} ({})", pulled.digest.as_deref().unwrap_or("no digest")),
+                format!(
+                    "pulled {image} ({})",
+                    pulled.digest.as_deref().unwrap_or("no digest")
+                ),
             );
         }
-        let meta = timed(|| "image inspect".into(), t.call, rt.inspect_image(&image)).await.at(Step::Pull)?;
+        let meta = timed(|| "image inspect".into(), t.call, rt.inspect_image(&image))
+            .await
+            .at(Step::Pull)?;
         if saga.deployment.digest.is_none() {
             saga.deployment.digest = meta
                 .digests
                 .iter()
                 .find_map(|d| d.split_once('@').map(|(_, d)| d.to_owned()));
         }
-        let port = saga.project.port.or_else(|| meta.exposed_ports.first().copied());
+        let port = saga
+            .project
+            .port
+            .or_else(|| meta.exposed_ports.first().copied());
         if self.inner.proxy.is_some() && port.is_none() {
             return Err(Error::rejected(format!(
                 "project {:?} has no port to route to: set `port`, or EXPOSE one in the image",
@@ -284,13 +323,28 @@ impl Engine {
         }
 
         // 3. Create, on the project's network, labelled.
-        let network = saga.project.network.clone().unwrap_or_else(|| self.inner.settings.network.clone());
-        timed(|| format!("network {network}"), t.create, rt.ensure_network(&network)).await.at(Step::Create)?;
+        let network = saga
+            .project
+            .network
+            .clone()
+            .unwrap_or_else(|| self.inner.settings.network.clone());
+        timed(
+            || format!("network {network}"),
+            t.create,
+            rt.ensure_network(&network),
+        )
+        .await
+        .at(Step::Create)?;
         let stage_filter = InstanceFilter {
             project: Some(saga.project.name.clone()),
             stage: Some(saga.stage.name.clone()),
         };
-        let existing = self.inner.store.list_instances(&stage_filter).await.at(Step::Create)?;
+        let existing = self
+            .inner
+            .store
+            .list_instances(&stage_filter)
+            .await
+            .at(Step::Create)?;
         let previous = existing.iter().find(|i| i.active).cloned();
         saga.deployment.previous_instance = previous.as_ref().map(|i| i.id.clone());
 
@@ -324,7 +378,8 @@ impl Engine {
         };
         saga.deployment.instance_id = Some(id.clone());
         self.put_instance(&instance).await.at(Step::Create)?;
-        saga.undo.push((Step::Create, Undo::DeleteInstance(id.clone())));
+        saga.undo
+            .push((Step::Create, Undo::DeleteInstance(id.clone())));
 
         let mut container_labels = saga.project.labels.clone();
         container_labels.extend(self.managed_selector());
@@ -343,19 +398,38 @@ impl Engine {
             port,
             publish: self.inner.settings.publish,
         };
-        let container_id = timed(|| format!("create of {}", spec.name), t.create, rt.create_container(&spec))
-            .await
-            .at(Step::Create)?;
-        saga.undo.push((Step::Create, Undo::RemoveContainer(container_id.clone())));
+        let container_id = timed(
+            || format!("create of {}", spec.name),
+            t.create,
+            rt.create_container(&spec),
+        )
+        .await
+        .at(Step::Create)?;
+        saga.undo
+            .push((Step::Create, Undo::RemoveContainer(container_id.clone())));
         instance.container_id = Some(container_id.clone());
         self.put_instance(&instance).await.at(Step::Create)?;
-        saga.deployment.log(Step::Create, StepStatus::Done, format!("created {}", instance.container_name));
+        saga.deployment.log(
+            Step::Create,
+            StepStatus::Done,
+            format!("created {}", instance.container_name),
+        );
+        // Checkpoint: the record now names its instance, for reconcile after a crash.
+        self.record(&saga.deployment).await.at(Step::Create)?;
 
         // 4. Start and health-gate.
-        timed(|| format!("start of {}", instance.container_name), t.start, rt.start_container(&container_id))
-            .await
-            .at(Step::Start)?;
-        saga.deployment.log(Step::Start, StepStatus::Done, format!("started {}", instance.container_name));
+        timed(
+            || format!("start of {}", instance.container_name),
+            t.start,
+            rt.start_container(&container_id),
+        )
+        .await
+        .at(Step::Start)?;
+        saga.deployment.log(
+            Step::Start,
+            StepStatus::Done,
+            format!("started {}", instance.container_name),
+        );
 
         let health = saga.project.health.clone();
         let gate = match (&health.path, port) {
@@ -368,11 +442,18 @@ impl Engine {
             .await
             .at(Step::Health)?;
         instance.address = info.published.clone();
-        instance.upstream = port.map(|port| self.upstream_for(&instance.container_name, port, Some(&info)));
-        saga.deployment.log(Step::Health, StepStatus::Done, format!("healthy by {}", gate.describe()));
+        instance.upstream =
+            port.map(|port| self.upstream_for(&instance.container_name, port, Some(&info)));
+        saga.deployment.log(
+            Step::Health,
+            StepStatus::Done,
+            format!("healthy by {}", gate.describe()),
+        );
+        self.record(&saga.deployment).await.at(Step::Health)?;
 
         // 5. Route: the instance's own domain, then switch the stage's domain (blue-green).
-        if let (Some(proxy), Some(upstream)) = (self.inner.proxy.clone(), instance.upstream.clone()) {
+        if let (Some(proxy), Some(upstream)) = (self.inner.proxy.clone(), instance.upstream.clone())
+        {
             let options = saga.project.route.clone();
             let shared = existing.iter().find(|i| i.domain == instance.domain);
             let before = shared.and_then(|i| self.route_of(&i.domain, i, &saga.project));
@@ -381,9 +462,13 @@ impl Engine {
                 upstream: upstream.clone(),
                 options: options.clone(),
             };
-            timed(|| format!("route {}", route.domain), t.route, proxy.ensure_route(&route))
-                .await
-                .at(Step::Route)?;
+            timed(
+                || format!("route {}", route.domain),
+                t.route,
+                proxy.ensure_route(&route),
+            )
+            .await
+            .at(Step::Route)?;
             saga.undo.push((
                 Step::Route,
                 Undo::RestoreRoute {
@@ -391,18 +476,28 @@ impl Engine {
                     previous: before,
                 },
             ));
-            saga.deployment.log(Step::Route, StepStatus::Done, format!("{} → {upstream}", route.domain));
+            saga.deployment.log(
+                Step::Route,
+                StepStatus::Done,
+                format!("{} → {upstream}", route.domain),
+            );
 
             let stage_domain = domains.stage_domain(p, s, saga.stage.subdomain.as_deref());
-            let before = previous.as_ref().and_then(|i| self.route_of(&stage_domain, i, &saga.project));
+            let before = previous
+                .as_ref()
+                .and_then(|i| self.route_of(&stage_domain, i, &saga.project));
             let route = Route {
                 domain: stage_domain.clone(),
                 upstream: upstream.clone(),
                 options,
             };
-            timed(|| format!("route {stage_domain}"), t.route, proxy.ensure_route(&route))
-                .await
-                .at(Step::Switch)?;
+            timed(
+                || format!("route {stage_domain}"),
+                t.route,
+                proxy.ensure_route(&route),
+            )
+            .await
+            .at(Step::Switch)?;
             saga.undo.push((
                 Step::Switch,
                 Undo::RestoreRoute {
@@ -410,55 +505,82 @@ impl Engine {
                     previous: before,
                 },
             ));
-            saga.deployment.log(Step::Switch, StepStatus::Done, format!("{stage_domain} → {upstream}"));
+            saga.deployment.log(
+                Step::Switch,
+                StepStatus::Done,
+                format!("{stage_domain} → {upstream}"),
+            );
         } else {
-            let why = if self.inner.proxy.is_none() { "no proxy configured" } else { "no port to route" };
+            let why = if self.inner.proxy.is_none() {
+                "no proxy configured"
+            } else {
+                "no port to route"
+            };
             saga.deployment.log(Step::Route, StepStatus::Skipped, why);
             saga.deployment.log(Step::Switch, StepStatus::Skipped, why);
         }
 
         // 6. Retire the oldest instances past max_instances: routes first, then stop.
         let max = saga.stage.max_instances.max(1) as usize;
-        let mut others: Vec<Instance> = existing.into_iter().filter(|i| i.state != InstanceState::Retiring).collect();
+        let mut others: Vec<Instance> = existing
+            .into_iter()
+            .filter(|i| i.state != InstanceState::Retiring)
+            .collect();
         others.sort_by_key(|i| i.created_at);
         let excess = (others.len() + 1).saturating_sub(max);
         let to_retire: Vec<Instance> = others.into_iter().take(excess).collect();
         if to_retire.is_empty() {
-            saga.deployment.log(Step::Retire, StepStatus::Skipped, format!("{max} instance(s) allowed"));
+            saga.deployment.log(
+                Step::Retire,
+                StepStatus::Skipped,
+                format!("{max} instance(s) allowed"),
+            );
         }
-        if !self.inner.settings.drain.is_zero() && self.inner.proxy.is_some() && to_retire.iter().any(|i| i.active) {
+        if !self.inner.settings.drain.is_zero()
+            && self.inner.proxy.is_some()
+            && to_retire.iter().any(|i| i.active)
+        {
             // Let requests already sent to the old version finish.
             tokio::time::sleep(self.inner.settings.drain).await;
         }
         for old in to_retire {
-            if let Some(proxy) = self.inner.proxy.clone() {
-                if old.domain != instance.domain {
-                    let before = self.route_of(&old.domain, &old, &saga.project);
-                    timed(|| format!("route removal {}", old.domain), t.route, proxy.remove_route(&old.domain))
-                        .await
-                        .at(Step::Retire)?;
-                    saga.undo.push((
-                        Step::Retire,
-                        Undo::RestoreRoute {
-                            domain: old.domain.clone(),
-                            previous: before,
-                        },
-                    ));
-                }
+            if let Some(proxy) = self.inner.proxy.clone()
+                && old.domain != instance.domain
+            {
+                let before = self.route_of(&old.domain, &old, &saga.project);
+                timed(
+                    || format!("route removal {}", old.domain),
+                    t.route,
+                    proxy.remove_route(&old.domain),
+                )
+                .await
+                .at(Step::Retire)?;
+                saga.undo.push((
+                    Step::Retire,
+                    Undo::RestoreRoute {
+                        domain: old.domain.clone(),
+                        previous: before,
+                    },
+                ));
             }
-            if let Some(cid) = &old.container_id {
-                if old.state == InstanceState::Running {
-                    timed(
-                        || format!("stop of {}", old.container_name),
-                        t.retire,
-                        rt.stop_container(cid, self.inner.settings.stop_grace),
-                    )
-                    .await
-                    .at(Step::Retire)?;
-                    saga.undo.push((Step::Retire, Undo::StartContainer(cid.clone())));
-                }
+            if let Some(cid) = &old.container_id
+                && old.state == InstanceState::Running
+            {
+                timed(
+                    || format!("stop of {}", old.container_name),
+                    t.retire,
+                    rt.stop_container(cid, self.inner.settings.stop_grace),
+                )
+                .await
+                .at(Step::Retire)?;
+                saga.undo
+                    .push((Step::Retire, Undo::StartContainer(cid.clone())));
             }
-            saga.deployment.log(Step::Retire, StepStatus::Done, format!("stopped {} ({})", old.id, old.tag));
+            saga.deployment.log(
+                Step::Retire,
+                StepStatus::Done,
+                format!("stopped {} ({})", old.id, old.tag),
+            );
             saga.retired.push(old);
         }
 
@@ -469,31 +591,40 @@ impl Engine {
         instance.active = true;
         instance.updated_at = now;
         self.put_instance(&instance).await.at(Step::Record)?;
-        if let Some(prev) = &previous {
-            if !saga.retired.iter().any(|r| r.id == prev.id) {
-                let mut demoted = prev.clone();
-                demoted.active = false;
-                demoted.updated_at = now;
-                saga.undo.push((Step::Record, Undo::RestoreInstance(Box::new(prev.clone()))));
-                self.put_instance(&demoted).await.at(Step::Record)?;
-            }
+        if let Some(prev) = &previous
+            && !saga.retired.iter().any(|r| r.id == prev.id)
+        {
+            let mut demoted = prev.clone();
+            demoted.active = false;
+            demoted.updated_at = now;
+            saga.undo
+                .push((Step::Record, Undo::RestoreInstance(Box::new(prev.clone()))));
+            self.put_instance(&demoted).await.at(Step::Record)?;
         }
         for old in &saga.retired {
             let mut r = old.clone();
             r.state = InstanceState::Retiring;
             r.active = false;
             r.updated_at = now;
-            saga.undo.push((Step::Record, Undo::RestoreInstance(Box::new(old.clone()))));
+            saga.undo
+                .push((Step::Record, Undo::RestoreInstance(Box::new(old.clone()))));
             self.put_instance(&r).await.at(Step::Record)?;
         }
         saga.deployment.replaced = saga.retired.iter().map(|i| i.id.clone()).collect();
         saga.deployment.status = DeployStatus::Succeeded;
         saga.deployment.finished_at = Some(now);
-        saga.deployment.log(Step::Record, StepStatus::Done, format!("{} is live", instance.id));
+        saga.deployment.log(
+            Step::Record,
+            StepStatus::Done,
+            format!("{} is live", instance.id),
+        );
         if let Err(e) = self.record(&saga.deployment).await {
             saga.deployment.status = DeployStatus::InProgress;
             saga.deployment.finished_at = None;
-            return Err(Failed { step: Step::Record, error: e });
+            return Err(Failed {
+                step: Step::Record,
+                error: e,
+            });
         }
         Ok(instance)
     }
@@ -514,7 +645,14 @@ impl Engine {
         let call = self.inner.settings.timeouts.call;
         for old in &saga.retired {
             let removed = match &old.container_id {
-                Some(cid) => timed(|| "container removal".into(), call, rt.remove_container(cid)).await,
+                Some(cid) => {
+                    timed(
+                        || "container removal".into(),
+                        call,
+                        rt.remove_container(cid),
+                    )
+                    .await
+                }
                 None => Ok(()),
             };
             match removed {
@@ -523,7 +661,9 @@ impl Engine {
                         tracing::warn!(instance = %old.id, error = %e, "retired instance record left; reconcile removes it");
                     }
                 }
-                Err(e) => tracing::warn!(instance = %old.id, error = %e, "retired container left stopped; reconcile removes it"),
+                Err(e) => {
+                    tracing::warn!(instance = %old.id, error = %e, "retired container left stopped; reconcile removes it")
+                }
             }
         }
         let d = saga.deployment;
@@ -537,7 +677,12 @@ impl Engine {
             deployment_id: Some(d.id.clone()),
             instance_id: Some(instance.id.clone()),
             url,
-            message: format!("{} is live in {}/{}", d.image.familiar(), d.project, d.stage),
+            message: format!(
+                "{} is live in {}/{}",
+                d.image.familiar(),
+                d.project,
+                d.stage
+            ),
             at: Utc::now(),
         })
         .await;
@@ -545,13 +690,18 @@ impl Engine {
     }
 
     /// Where users reach the stage: its domain with a proxy, else the published address.
-    pub(crate) fn url_of(&self, project: &Project, stage: &Stage, instance: &Instance) -> Option<String> {
+    pub(crate) fn url_of(
+        &self,
+        project: &Project,
+        stage: &Stage,
+        instance: &Instance,
+    ) -> Option<String> {
         if self.inner.proxy.is_some() {
-            let d = self
-                .inner
-                .settings
-                .domains
-                .stage_domain(&project.name, &stage.name, stage.subdomain.as_deref());
+            let d = self.inner.settings.domains.stage_domain(
+                &project.name,
+                &stage.name,
+                stage.subdomain.as_deref(),
+            );
             Some(format!("http://{d}"))
         } else {
             instance.address.as_ref().map(|a| format!("http://{a}"))
@@ -604,16 +754,30 @@ impl Engine {
             let (what, r) = match &undo {
                 Undo::RemoveContainer(id) => (
                     format!("remove container {id}"),
-                    timed(|| "container removal".into(), t.call, rt.remove_container(id)).await,
+                    timed(
+                        || "container removal".into(),
+                        t.call,
+                        rt.remove_container(id),
+                    )
+                    .await,
                 ),
                 Undo::DeleteInstance(id) => (
                     format!("delete instance record {id}"),
-                    timed(|| "store write".into(), t.record, self.inner.store.delete_instance(id)).await,
+                    timed(
+                        || "store write".into(),
+                        t.record,
+                        self.inner.store.delete_instance(id),
+                    )
+                    .await,
                 ),
                 Undo::RestoreRoute { domain, previous } => {
                     let r = match (&self.inner.proxy, previous) {
-                        (Some(p), Some(route)) => timed(|| "route".into(), t.route, p.ensure_route(route)).await,
-                        (Some(p), None) => timed(|| "route".into(), t.route, p.remove_route(domain)).await,
+                        (Some(p), Some(route)) => {
+                            timed(|| "route".into(), t.route, p.ensure_route(route)).await
+                        }
+                        (Some(p), None) => {
+                            timed(|| "route".into(), t.route, p.remove_route(domain)).await
+                        }
                         (None, _) => Ok(()),
                     };
                     let what = match previous {
@@ -645,4 +809,3 @@ impl Engine {
         }
     }
 }
-

@@ -47,21 +47,35 @@ impl Engine {
             if self.inner.shutdown.is_cancelled() {
                 return Err(Error::ShuttingDown);
             }
-            let info = timed(|| format!("inspect of {container}"), call, rt.inspect_container(container_id))
-                .await?;
+            let info = timed(
+                || format!("inspect of {container}"),
+                call,
+                rt.inspect_container(container_id),
+            )
+            .await?;
             match info.state {
                 RunState::Exited | RunState::Dead => {
                     let code = info.exit_code.map_or("unknown".into(), |c| c.to_string());
                     return Err(self
-                        .unhealthy(container, container_id, format!("the container exited with code {code}"))
+                        .unhealthy(
+                            container,
+                            container_id,
+                            format!("the container exited with code {code}"),
+                        )
                         .await);
                 }
                 RunState::Restarting => {
                     return Err(self
-                        .unhealthy(container, container_id, "the container crashed and is restarting".into())
+                        .unhealthy(
+                            container,
+                            container_id,
+                            "the container crashed and is restarting".into(),
+                        )
                         .await);
                 }
-                RunState::Created | RunState::Paused => last = format!("container is {:?}", info.state),
+                RunState::Created | RunState::Paused => {
+                    last = format!("container is {:?}", info.state)
+                }
                 RunState::Running => match gate {
                     Gate::Http { port, path } => {
                         let probe = rt.probe_http(&info, port, path, health.timeout);
@@ -117,7 +131,9 @@ impl Engine {
         let logs = timed(
             || "log tail".into(),
             self.inner.settings.timeouts.call,
-            self.inner.runtime.logs(container_id, self.inner.settings.log_lines),
+            self.inner
+                .runtime
+                .logs(container_id, self.inner.settings.log_lines),
         )
         .await
         .unwrap_or_else(|e| vec![format!("(logs unavailable: {e})")]);

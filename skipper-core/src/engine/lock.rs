@@ -88,7 +88,8 @@ impl Engine {
             delay = (delay * 2).min(Duration::from_millis(500));
         }
         let renew = {
-            let (store, key, holder, ttl) = (store.clone(), key.clone(), holder.clone(), s.lock_ttl);
+            let (store, key, holder, ttl) =
+                (store.clone(), key.clone(), holder.clone(), s.lock_ttl);
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(ttl / 3).await;

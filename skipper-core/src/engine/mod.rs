@@ -373,7 +373,11 @@ impl Engine {
             return Ok(i);
         }
         if id.len() >= 4 {
-            let all = self.inner.store.list_instances(&InstanceFilter::default()).await?;
+            let all = self
+                .inner
+                .store
+                .list_instances(&InstanceFilter::default())
+                .await?;
             let matches: Vec<_> = all.into_iter().filter(|i| i.id.starts_with(id)).collect();
             match matches.len() {
                 1 => return Ok(matches.into_iter().next().expect("one match")),
@@ -405,7 +409,12 @@ impl Engine {
                     "image {image} locally (pull policy is never)"
                 )));
             }
-            timed(|| format!("pull of {image}"), t.pull, rt.pull(image, None, progress)).await?;
+            timed(
+                || format!("pull of {image}"),
+                t.pull,
+                rt.pull(image, None, progress),
+            )
+            .await?;
         }
         let metadata = timed(|| "image inspect".into(), t.call, rt.inspect_image(image)).await?;
         let base = image.repository().rsplit('/').next().unwrap_or("app");
@@ -480,7 +489,9 @@ impl Engine {
         }
         let store = &self.inner.store;
         let secret = store.get_credential(&format!("registry/{name}")).await?;
-        let user = store.get_setting(&format!("registry/{name}/username")).await?;
+        let user = store
+            .get_setting(&format!("registry/{name}/username"))
+            .await?;
         Ok(match (user, secret) {
             (Some(username), Some(secret)) => Some(Credentials { username, secret }),
             _ => None,
@@ -502,3 +513,6 @@ impl Engine {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

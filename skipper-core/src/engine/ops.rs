@@ -6,8 +6,8 @@ use super::{DeployRequest, Engine, PullPolicy, timed};
 use crate::backend::{DeploymentFilter, InstanceFilter, Route};
 use crate::error::{Error, Result};
 use crate::model::{
-    DeployStatus, Deployment, Event, EventKind, Instance, InstanceState, Step, StepStatus,
-    Trigger, new_id,
+    DeployStatus, Deployment, Event, EventKind, Instance, InstanceState, Step, StepStatus, Trigger,
+    new_id,
 };
 
 /// An operation on one instance.
@@ -66,13 +66,21 @@ impl Engine {
         let cid = inst.container_id.clone();
         let need_container = || {
             cid.clone().ok_or_else(|| {
-                Error::not_found(format!("a container for instance {} (it is {})", inst.id, inst.state))
+                Error::not_found(format!(
+                    "a container for instance {} (it is {})",
+                    inst.id, inst.state
+                ))
             })
         };
         match op {
             InstanceOp::Stop => {
                 let c = need_container()?;
-                timed(|| "container stop".into(), t.retire, rt.stop_container(&c, grace)).await?;
+                timed(
+                    || "container stop".into(),
+                    t.retire,
+                    rt.stop_container(&c, grace),
+                )
+                .await?;
                 inst.state = InstanceState::Stopped;
             }
             InstanceOp::Start => {
@@ -82,13 +90,23 @@ impl Engine {
             }
             InstanceOp::Restart => {
                 let c = need_container()?;
-                timed(|| "container restart".into(), t.start, rt.restart_container(&c, grace)).await?;
+                timed(
+                    || "container restart".into(),
+                    t.start,
+                    rt.restart_container(&c, grace),
+                )
+                .await?;
                 inst.state = InstanceState::Running;
             }
             InstanceOp::Remove => {
                 self.unroute(&inst).await?;
                 if let Some(c) = &cid {
-                    timed(|| "container removal".into(), t.call, rt.remove_container(c)).await?;
+                    timed(
+                        || "container removal".into(),
+                        t.call,
+                        rt.remove_container(c),
+                    )
+                    .await?;
                 }
                 store.delete_instance(&inst.id).await?;
                 tracing::info!(instance = %inst.id, "instance removed");
@@ -139,7 +157,12 @@ impl Engine {
         if let Some(proxy) = &self.inner.proxy {
             let t = self.inner.settings.timeouts.route;
             if !others.iter().any(|i| i.domain == inst.domain) {
-                timed(|| "route removal".into(), t, proxy.remove_route(&inst.domain)).await?;
+                timed(
+                    || "route removal".into(),
+                    t,
+                    proxy.remove_route(&inst.domain),
+                )
+                .await?;
             }
             if inst.active {
                 let stage_domain = self.inner.settings.domains.stage_domain(
@@ -156,7 +179,14 @@ impl Engine {
                         };
                         timed(|| "route".into(), t, proxy.ensure_route(&route)).await?;
                     }
-                    None => timed(|| "route removal".into(), t, proxy.remove_route(&stage_domain)).await?,
+                    None => {
+                        timed(
+                            || "route removal".into(),
+                            t,
+                            proxy.remove_route(&stage_domain),
+                        )
+                        .await?
+                    }
                 }
             }
         }
@@ -175,7 +205,8 @@ impl Engine {
     pub async fn rollback(&self, project: &str, stage: &str) -> Result<Deployment> {
         let this = self.clone();
         let (project, stage) = (project.to_owned(), stage.to_owned());
-        self.tracked(async move { this.rollback_inner(&project, &stage).await }).await
+        self.tracked(async move { this.rollback_inner(&project, &stage).await })
+            .await
     }
 
     async fn rollback_inner(&self, project_name: &str, stage_name: &str) -> Result<Deployment> {
@@ -208,7 +239,8 @@ impl Engine {
                 .filter(|d| Some(&d.id) != current_deploy.as_ref())
                 .find(|d| match &current_image {
                     Some((tag, digest)) => {
-                        &d.tag != tag || (digest.is_some() && d.digest.is_some() && &d.digest != digest)
+                        &d.tag != tag
+                            || (digest.is_some() && d.digest.is_some() && &d.digest != digest)
                     }
                     None => true,
                 })
@@ -240,7 +272,9 @@ impl Engine {
 
         if let Some(to) = running {
             // Fast path: the old version still runs; switch traffic to it.
-            let r = self.switch_to(&project, &stage, current.as_ref(), &to, &target.image).await;
+            let r = self
+                .switch_to(&project, &stage, current.as_ref(), &to, &target.image)
+                .await;
             lock.release().await;
             return r;
         }
@@ -283,7 +317,11 @@ impl Engine {
             started_at: now,
             finished_at: None,
         };
-        d.log(Step::Validate, StepStatus::Done, format!("{} still runs as {}", to.tag, to.id));
+        d.log(
+            Step::Validate,
+            StepStatus::Done,
+            format!("{} still runs as {}", to.tag, to.id),
+        );
         store.put_deployment(&d).await?;
         if let (Some(proxy), Some(upstream)) = (&self.inner.proxy, &to.upstream) {
             let domain = self.inner.settings.domains.stage_domain(
@@ -297,7 +335,8 @@ impl Engine {
                 options: project.route.clone(),
             };
             let t = self.inner.settings.timeouts.route;
-            if let Err(e) = timed(|| format!("route {domain}"), t, proxy.ensure_route(&route)).await {
+            if let Err(e) = timed(|| format!("route {domain}"), t, proxy.ensure_route(&route)).await
+            {
                 d.status = DeployStatus::Failed;
                 d.log(Step::Switch, StepStatus::Failed, e.chain());
                 d.error = Some(crate::model::DeployError {
@@ -310,7 +349,11 @@ impl Engine {
                 store.put_deployment(&d).await?;
                 return Ok(d);
             }
-            d.log(Step::Switch, StepStatus::Done, format!("{domain} → {upstream}"));
+            d.log(
+                Step::Switch,
+                StepStatus::Done,
+                format!("{domain} → {upstream}"),
+            );
         }
         let mut promoted = to.clone();
         promoted.active = true;
@@ -324,7 +367,11 @@ impl Engine {
         }
         d.status = DeployStatus::Succeeded;
         d.finished_at = Some(Utc::now());
-        d.log(Step::Record, StepStatus::Done, format!("{} is active again", to.id));
+        d.log(
+            Step::Record,
+            StepStatus::Done,
+            format!("{} is active again", to.id),
+        );
         store.put_deployment(&d).await?;
         self.notify(Event {
             kind: EventKind::RolledBack,

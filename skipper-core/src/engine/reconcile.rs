@@ -11,11 +11,11 @@ use serde::Serialize;
 
 use super::{Engine, timed};
 use crate::backend::{ContainerInfo, DeploymentFilter, InstanceFilter, Route, RunState};
+use crate::error::ErrorKind;
 use crate::error::Result;
 use crate::model::{
     DeployError, DeployStatus, Instance, InstanceState, Project, Stage, Step, StepStatus, labels,
 };
-use crate::error::ErrorKind;
 
 /// What a reconcile found and repaired.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -66,7 +66,8 @@ impl Engine {
     /// Stages busy with another operation are skipped (and listed in the report).
     pub async fn reconcile(&self) -> Result<ReconcileReport> {
         let this = self.clone();
-        self.tracked(async move { this.reconcile_all().await }).await
+        self.tracked(async move { this.reconcile_all().await })
+            .await
     }
 
     async fn reconcile_all(&self) -> Result<ReconcileReport> {
@@ -96,11 +97,17 @@ impl Engine {
         }
         let mut report = ReconcileReport::default();
         for (p, s) in stages {
-            let Some(lock) = self.acquire_stage(&p, &s, std::time::Duration::ZERO).await? else {
+            let Some(lock) = self
+                .acquire_stage(&p, &s, std::time::Duration::ZERO)
+                .await?
+            else {
                 report.busy.push(format!("{p}/{s}"));
                 continue;
             };
-            let r = match projects.get(&p).and_then(|proj| proj.stages.get(&s).map(|st| (proj, st))) {
+            let r = match projects
+                .get(&p)
+                .and_then(|proj| proj.stages.get(&s).map(|st| (proj, st)))
+            {
                 Some((proj, st)) => self.reconcile_stage(proj, st).await,
                 None => self.remove_unowned(&containers, &p, &s).await,
             };
@@ -111,10 +118,16 @@ impl Engine {
     }
 
     /// Containers of a project or stage the store does not know: orphans.
-    async fn remove_unowned(&self, containers: &[ContainerInfo], project: &str, stage: &str) -> Result<ReconcileReport> {
+    async fn remove_unowned(
+        &self,
+        containers: &[ContainerInfo],
+        project: &str,
+        stage: &str,
+    ) -> Result<ReconcileReport> {
         let mut report = ReconcileReport::default();
         for c in containers {
-            if label(c, labels::PROJECT) == Some(project) && label(c, labels::STAGE) == Some(stage) {
+            if label(c, labels::PROJECT) == Some(project) && label(c, labels::STAGE) == Some(stage)
+            {
                 self.remove_container_quietly(&c.id).await?;
                 report.removed_containers.push(c.name.clone());
             }
@@ -133,7 +146,11 @@ impl Engine {
 
     /// Reconcile one stage. The caller holds the stage's lease, so any deployment still marked
     /// in progress belongs to a process that died.
-    pub(crate) async fn reconcile_stage(&self, project: &Project, stage: &Stage) -> Result<ReconcileReport> {
+    pub(crate) async fn reconcile_stage(
+        &self,
+        project: &Project,
+        stage: &Stage,
+    ) -> Result<ReconcileReport> {
         let store = &self.inner.store;
         let rt = &self.inner.runtime;
         let call = self.inner.settings.timeouts.call;
@@ -142,7 +159,12 @@ impl Engine {
         let mut selector = self.managed_selector();
         selector.insert(labels::PROJECT.into(), project.name.clone());
         selector.insert(labels::STAGE.into(), stage.name.clone());
-        let containers = timed(|| "container list".into(), call, rt.list_containers(&selector)).await?;
+        let containers = timed(
+            || "container list".into(),
+            call,
+            rt.list_containers(&selector),
+        )
+        .await?;
         let filter = InstanceFilter {
             project: Some(project.name.clone()),
             stage: Some(stage.name.clone()),
@@ -163,7 +185,10 @@ impl Engine {
             .map(|d| d.id.clone())
             .collect();
         let mut restart_stopped = false;
-        for mut d in history.into_iter().filter(|d| d.status == DeployStatus::InProgress) {
+        for mut d in history
+            .into_iter()
+            .filter(|d| d.status == DeployStatus::InProgress)
+        {
             let committed = d
                 .instance_id
                 .as_ref()
@@ -172,7 +197,11 @@ impl Engine {
             let last = d.steps.last().map_or(Step::Validate, |s| s.step);
             if committed {
                 d.status = DeployStatus::Succeeded;
-                d.log(Step::Record, StepStatus::Done, "completed by reconcile after the process stopped");
+                d.log(
+                    Step::Record,
+                    StepStatus::Done,
+                    "completed by reconcile after the process stopped",
+                );
                 // Only the committed instance stays active.
                 for i in instances.iter_mut() {
                     if i.active && Some(&i.id) != d.instance_id.as_ref() {
@@ -200,7 +229,8 @@ impl Engine {
         }
 
         // 2. Instances against containers.
-        let by_id: BTreeMap<&str, &ContainerInfo> = containers.iter().map(|c| (c.id.as_str(), c)).collect();
+        let by_id: BTreeMap<&str, &ContainerInfo> =
+            containers.iter().map(|c| (c.id.as_str(), c)).collect();
         let by_instance: BTreeMap<&str, &ContainerInfo> = containers
             .iter()
             .filter_map(|c| label(c, labels::INSTANCE).map(|i| (i, c)))
@@ -218,7 +248,10 @@ impl Engine {
                 known_containers.insert(c.id.clone());
             }
             let abandoned = failed_deploys.contains(&inst.deployment_id) && !inst.active;
-            if abandoned || inst.state == InstanceState::Retiring || inst.state == InstanceState::Starting {
+            if abandoned
+                || inst.state == InstanceState::Retiring
+                || inst.state == InstanceState::Starting
+            {
                 // Made by a deploy that failed or died, or retired and not yet removed.
                 if let Some(c) = container {
                     self.remove_container_quietly(&c.id).await?;
@@ -263,7 +296,10 @@ impl Engine {
         }
 
         // 3. Containers no instance claims: orphans of failed deploys, or adoptable.
-        for c in containers.iter().filter(|c| !known_containers.contains(&c.id)) {
+        for c in containers
+            .iter()
+            .filter(|c| !known_containers.contains(&c.id))
+        {
             let deployment = label(c, labels::DEPLOYMENT).unwrap_or_default();
             let known = match store.get_deployment(deployment).await? {
                 Some(d) => Some(d.status),
@@ -289,31 +325,49 @@ impl Engine {
         if let Some(proxy) = &self.inner.proxy {
             let t = self.inner.settings.timeouts.route;
             match timed(|| "route list".into(), t, proxy.list_routes()).await {
-                Err(e) => tracing::warn!(error = %e, "cannot list proxy routes; routes not reconciled this time"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot list proxy routes; routes not reconciled this time")
+                }
                 Ok(routes) => {
                     let domains = &self.inner.settings.domains;
-                    let stage_domain = domains.stage_domain(&project.name, &stage.name, stage.subdomain.as_deref());
-                    let prefix = format!("{}-", domains.stage_label(&project.name, &stage.name, None));
+                    let stage_domain = domains.stage_domain(
+                        &project.name,
+                        &stage.name,
+                        stage.subdomain.as_deref(),
+                    );
+                    let prefix =
+                        format!("{}-", domains.stage_label(&project.name, &stage.name, None));
                     let suffix = format!(".{}", domains.domain);
                     let mut desired: BTreeMap<String, Route> = BTreeMap::new();
                     for i in kept.iter().filter(|i| i.state == InstanceState::Running) {
                         if let Some(up) = &i.upstream {
                             desired.insert(
                                 i.domain.clone(),
-                                Route { domain: i.domain.clone(), upstream: up.clone(), options: project.route.clone() },
+                                Route {
+                                    domain: i.domain.clone(),
+                                    upstream: up.clone(),
+                                    options: project.route.clone(),
+                                },
                             );
                             if i.active {
                                 desired.insert(
                                     stage_domain.clone(),
-                                    Route { domain: stage_domain.clone(), upstream: up.clone(), options: project.route.clone() },
+                                    Route {
+                                        domain: stage_domain.clone(),
+                                        upstream: up.clone(),
+                                        options: project.route.clone(),
+                                    },
                                 );
                             }
                         }
                     }
-                    let current: BTreeMap<&str, &Route> = routes.iter().map(|r| (r.domain.as_str(), r)).collect();
+                    let current: BTreeMap<&str, &Route> =
+                        routes.iter().map(|r| (r.domain.as_str(), r)).collect();
                     for (domain, want) in &desired {
-                        if current.get(domain.as_str()).map(|r| &r.upstream) != Some(&want.upstream) {
-                            timed(|| format!("route {domain}"), t, proxy.ensure_route(want)).await?;
+                        if current.get(domain.as_str()).map(|r| &r.upstream) != Some(&want.upstream)
+                        {
+                            timed(|| format!("route {domain}"), t, proxy.ensure_route(want))
+                                .await?;
                             report.routes_repaired.push(domain.clone());
                         }
                     }
@@ -322,7 +376,12 @@ impl Engine {
                             || (r.domain.starts_with(&prefix) && r.domain.ends_with(&suffix));
                         let owned_elsewhere = kept.iter().any(|i| i.domain == r.domain);
                         if ours && !desired.contains_key(&r.domain) && !owned_elsewhere {
-                            timed(|| format!("route removal {}", r.domain), t, proxy.remove_route(&r.domain)).await?;
+                            timed(
+                                || format!("route removal {}", r.domain),
+                                t,
+                                proxy.remove_route(&r.domain),
+                            )
+                            .await?;
                             report.routes_repaired.push(r.domain.clone());
                         }
                     }
@@ -336,10 +395,17 @@ impl Engine {
     }
 
     /// An instance record for a labelled container the store lost.
-    fn adopt(&self, project: &Project, stage: &Stage, c: &ContainerInfo, has_active: bool) -> Result<Instance> {
+    fn adopt(
+        &self,
+        project: &Project,
+        stage: &Stage,
+        c: &ContainerInfo,
+        has_active: bool,
+    ) -> Result<Instance> {
         let id = label(c, labels::INSTANCE).unwrap_or_default().to_owned();
         let tag = label(c, labels::TAG).unwrap_or_default().to_owned();
-        let image = crate::reference::ImageRef::parse(&c.image).or_else(|_| project.image_ref(&tag))?;
+        let image =
+            crate::reference::ImageRef::parse(&c.image).or_else(|_| project.image_ref(&tag))?;
         let running = c.state == RunState::Running;
         let now = Utc::now();
         Ok(Instance {
@@ -352,9 +418,20 @@ impl Engine {
             container_name: c.name.clone(),
             container_id: Some(c.id.clone()),
             address: c.published.clone(),
-            upstream: project.port.map(|port| self.upstream_for(&c.name, port, Some(c))),
-            domain: self.inner.settings.domains.instance_domain(&project.name, &stage.name, &tag, false),
-            state: if running { InstanceState::Running } else { InstanceState::Exited },
+            upstream: project
+                .port
+                .map(|port| self.upstream_for(&c.name, port, Some(c))),
+            domain: self.inner.settings.domains.instance_domain(
+                &project.name,
+                &stage.name,
+                &tag,
+                false,
+            ),
+            state: if running {
+                InstanceState::Running
+            } else {
+                InstanceState::Exited
+            },
             active: running && !has_active,
             deployment_id: label(c, labels::DEPLOYMENT).unwrap_or_default().to_owned(),
             created_at: now,

@@ -81,9 +81,12 @@ impl ProxyManager for FakeProxy {
                 .and_then(|q| (!q.is_empty()).then(|| q.remove(0)))
         };
         if let Some(f) = fault {
-            f.apply("fake-proxy", &format!("ensure_route {}", route.domain)).await?;
+            f.apply("fake-proxy", &format!("ensure_route {}", route.domain))
+                .await?;
         }
-        self.lock().routes.insert(route.domain.clone(), route.clone());
+        self.lock()
+            .routes
+            .insert(route.domain.clone(), route.clone());
         Ok(())
     }
 
@@ -93,7 +96,8 @@ impl ProxyManager for FakeProxy {
             (!s.remove_faults.is_empty()).then(|| s.remove_faults.remove(0))
         };
         if let Some(f) = fault {
-            f.apply("fake-proxy", &format!("remove_route {domain}")).await?;
+            f.apply("fake-proxy", &format!("remove_route {domain}"))
+                .await?;
         }
         self.lock().routes.remove(domain);
         Ok(())

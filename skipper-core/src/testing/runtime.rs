@@ -94,7 +94,10 @@ fn key(image: &ImageRef) -> String {
 
 fn digest_of(name: &str) -> String {
     use sha2::Digest;
-    format!("sha256:{}", hex::encode(sha2::Sha256::digest(name.as_bytes())))
+    format!(
+        "sha256:{}",
+        hex::encode(sha2::Sha256::digest(name.as_bytes()))
+    )
 }
 
 impl FakeRuntime {
@@ -143,6 +146,11 @@ impl FakeRuntime {
         self.lock().faults.entry(op).or_default().push(fault);
     }
 
+    /// Drop every injected fault not yet used.
+    pub fn clear_faults(&self) {
+        self.lock().faults.clear();
+    }
+
     /// Remove a container behind the engine's back (as `docker rm -f` would).
     pub fn remove_behind_back(&self, id: &str) {
         self.lock().containers.remove(id);
@@ -150,7 +158,11 @@ impl FakeRuntime {
 
     /// Every container, running or not.
     pub fn containers(&self) -> Vec<ContainerInfo> {
-        self.lock().containers.values().map(|c| c.info.clone()).collect()
+        self.lock()
+            .containers
+            .values()
+            .map(|c| c.info.clone())
+            .collect()
     }
 
     /// Ids of running containers.
@@ -404,7 +416,10 @@ impl Runtime for FakeRuntime {
             .ok_or_else(|| missing(&container.id))?;
         let url = format!(
             "http://{}{path}",
-            c.info.published.clone().unwrap_or_else(|| format!("{}:{port}", c.info.name))
+            c.info
+                .published
+                .clone()
+                .unwrap_or_else(|| format!("{}:{port}", c.info.name))
         );
         let status = match (c.info.state, c.behavior, c.port) {
             (RunState::Running, Behavior::Healthy, Some(p)) if p == port => Some(200),

@@ -1,0 +1,890 @@
+//! Engine tests against the in-memory fakes. Time is paused: health intervals, timeouts and
+//! hung calls advance virtual time only, so nothing here waits for real.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::model::{DeployStatus, EventKind, InstanceState, Stage, Step};
+use crate::store::MemoryStore;
+use crate::testing::{
+    Behavior, FakeProxy, FakeRuntime, Fault, FlakyStore, Op, RecordingNotifier, StoreOp,
+};
+
+const REPO: &str = "localhost:5000/team/web";
+
+struct Harness {
+    engine: Engine,
+    rt: Arc<FakeRuntime>,
+    proxy: Arc<FakeProxy>,
+    store: Arc<FlakyStore>,
+    notifier: Arc<RecordingNotifier>,
+}
+
+fn settings() -> EngineSettings {
+    EngineSettings {
+        domains: DomainScheme {
+            domain: "example.com".into(),
+            pattern: crate::subdomain::DEFAULT_PATTERN.into(),
+        },
+        lock_wait: Duration::from_secs(600),
+        ..EngineSettings::default()
+    }
+}
+
+fn project(max_instances: u32) -> Project {
+    let mut p = Project::new("web", REPO).unwrap();
+    p.port = Some(8080);
+    p.health.path = Some("/health".into());
+    p.health.deadline = Duration::from_secs(20);
+    let mut dev = Stage::new("dev");
+    dev.max_instances = max_instances;
+    let mut rel = Stage::new("rel");
+    rel.tag_pattern = "v*".into();
+    let mut prod = Stage::new("prod");
+    prod.tag_pattern = "v*".into();
+    prod.confirm = true;
+    prod.promote_from = Some("rel".into());
+    prod.subdomain = Some("launcher".into());
+    p.with_stage(dev).with_stage(rel).with_stage(prod)
+}
+
+async fn harness_with(max_instances: u32, proxy: bool) -> Harness {
+    let rt = Arc::new(FakeRuntime::new());
+    for tag in ["v1", "v2", "v3", "v4"] {
+        rt.add_image(&format!("{REPO}:{tag}"), Behavior::Healthy);
+    }
+    rt.add_image(&format!("{REPO}:sick"), Behavior::Unhealthy);
+    rt.add_image(&format!("{REPO}:crash"), Behavior::Crash);
+    let fake_proxy = Arc::new(FakeProxy::new());
+    let store = Arc::new(FlakyStore::new(Arc::new(MemoryStore::new())));
+    let notifier = Arc::new(RecordingNotifier::new());
+    let mut b = Engine::builder(rt.clone(), store.clone())
+        .notifier(notifier.clone())
+        .settings(settings());
+    if proxy {
+        b = b.proxy(fake_proxy.clone());
+    }
+    let engine = b.build();
+    engine.put_project(&project(max_instances)).await.unwrap();
+    Harness {
+        engine,
+        rt,
+        proxy: fake_proxy,
+        store,
+        notifier,
+    }
+}
+
+async fn harness(max_instances: u32) -> Harness {
+    harness_with(max_instances, true).await
+}
+
+fn image(tag: &str) -> ImageRef {
+    ImageRef::parse(&format!("{REPO}:{tag}")).unwrap()
+}
+
+impl Harness {
+    async fn deploy(&self, stage: &str, tag: &str) -> Deployment {
+        self.engine
+            .deploy(DeployRequest::new("web", stage, image(tag)))
+            .await
+            .unwrap()
+    }
+
+    async fn instances(&self, stage: &str) -> Vec<Instance> {
+        self.engine
+            .instances(&InstanceFilter {
+                project: Some("web".into()),
+                stage: Some(stage.into()),
+            })
+            .await
+            .unwrap()
+    }
+
+    async fn active(&self, stage: &str) -> Instance {
+        let active: Vec<_> = self
+            .instances(stage)
+            .await
+            .into_iter()
+            .filter(|i| i.active)
+            .collect();
+        assert_eq!(active.len(), 1, "exactly one active instance: {active:?}");
+        active.into_iter().next().unwrap()
+    }
+
+    /// The invariants after a failed deploy: `v` still runs and is routed; nothing else exists.
+    async fn assert_only_serving(&self, v: &Instance) {
+        let cid = v.container_id.clone().unwrap();
+        assert_eq!(
+            self.rt.running(),
+            vec![cid.clone()],
+            "only the old container runs"
+        );
+        assert_eq!(
+            self.rt.containers().len(),
+            1,
+            "no orphan container: {:?}",
+            self.rt.containers()
+        );
+        let routes = self.proxy.routes();
+        let up = v.upstream.clone().unwrap();
+        assert_eq!(
+            routes["stage-dev-web.example.com"].upstream, up,
+            "stage domain still routed"
+        );
+        assert_eq!(
+            routes[&v.domain].upstream, up,
+            "instance domain still routed"
+        );
+        assert_eq!(routes.len(), 2, "no orphan route: {routes:?}");
+        let insts = self.instances("dev").await;
+        assert_eq!(insts.len(), 1, "no orphan instance record: {insts:?}");
+        assert!(insts[0].active && insts[0].state == InstanceState::Running);
+        assert_eq!(insts[0].id, v.id);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn deploy_routes_and_notifies() {
+    let h = harness(1).await;
+    let d = h.deploy("dev", "v1").await;
+    assert_eq!(d.status, DeployStatus::Succeeded, "{d:?}");
+    assert!(d.digest.as_deref().unwrap().starts_with("sha256:"));
+    let i = h.active("dev").await;
+    assert_eq!(i.tag, "v1");
+    assert_eq!(i.domain, "stage-dev-web-v1.example.com");
+    assert_eq!(i.container_name, format!("skipper-web-dev-{}", i.id));
+    assert!(i.address.as_deref().unwrap().starts_with("127.0.0.1:"));
+    let routes = h.proxy.routes();
+    assert_eq!(
+        routes["stage-dev-web.example.com"].upstream.host,
+        i.container_name
+    );
+    assert_eq!(routes["stage-dev-web-v1.example.com"].upstream.port, 8080);
+    let c = &h.rt.containers()[0];
+    assert_eq!(c.labels[labels::PROJECT], "web");
+    assert_eq!(c.labels[labels::STAGE], "dev");
+    assert_eq!(c.labels[labels::TAG], "v1");
+    assert_eq!(c.labels[labels::INSTANCE], i.id);
+    assert_eq!(c.labels[labels::DEPLOYMENT], d.id);
+    assert_eq!(h.rt.networks(), vec!["skipper-net".to_owned()]);
+    let ev = h.notifier.events();
+    assert_eq!(ev.len(), 1);
+    assert_eq!(ev[0].kind, EventKind::DeploySucceeded);
+    assert_eq!(
+        ev[0].url.as_deref(),
+        Some("http://stage-dev-web.example.com")
+    );
+    let steps: Vec<Step> = d.steps.iter().map(|s| s.step).collect();
+    assert_eq!(
+        steps,
+        vec![
+            Step::Validate,
+            Step::Pull,
+            Step::Create,
+            Step::Start,
+            Step::Health,
+            Step::Route,
+            Step::Switch,
+            Step::Retire,
+            Step::Record
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn blue_green_replaces_after_health() {
+    let h = harness(1).await;
+    h.deploy("dev", "v1").await;
+    let v1 = h.active("dev").await;
+    let d = h.deploy("dev", "v2").await;
+    assert_eq!(d.status, DeployStatus::Succeeded);
+    assert_eq!(d.replaced, vec![v1.id.clone()]);
+    assert_eq!(d.previous_instance.as_deref(), Some(v1.id.as_str()));
+    let v2 = h.active("dev").await;
+    assert_eq!(v2.tag, "v2");
+    assert_eq!(h.instances("dev").await.len(), 1);
+    assert_eq!(h.rt.running(), vec![v2.container_id.clone().unwrap()]);
+    assert_eq!(h.rt.containers().len(), 1, "the old container is removed");
+    let routes = h.proxy.routes();
+    assert_eq!(
+        routes["stage-dev-web.example.com"].upstream,
+        v2.upstream.clone().unwrap()
+    );
+    assert!(
+        !routes.contains_key("stage-dev-web-v1.example.com"),
+        "retired routes removed"
+    );
+    assert!(routes.contains_key("stage-dev-web-v2.example.com"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_instances_retires_the_oldest() {
+    let h = harness(3).await;
+    for tag in ["v1", "v2", "v3"] {
+        assert_eq!(h.deploy("dev", tag).await.status, DeployStatus::Succeeded);
+    }
+    let before = h.instances("dev").await;
+    assert_eq!(before.len(), 3);
+    assert_eq!(h.rt.running().len(), 3);
+    let d = h.deploy("dev", "v4").await;
+    let oldest = before.iter().find(|i| i.tag == "v1").unwrap();
+    assert_eq!(d.replaced, vec![oldest.id.clone()]);
+    let tags: Vec<String> = h
+        .instances("dev")
+        .await
+        .into_iter()
+        .map(|i| i.tag)
+        .collect();
+    assert_eq!(tags, vec!["v2", "v3", "v4"]);
+    assert_eq!(h.active("dev").await.tag, "v4");
+    let routes = h.proxy.routes();
+    for t in ["v2", "v3", "v4"] {
+        assert!(routes.contains_key(&format!("stage-dev-web-{t}.example.com")));
+    }
+    assert!(!routes.contains_key("stage-dev-web-v1.example.com"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn policy_refusals_change_nothing() {
+    let h = harness(1).await;
+    let refused = |r: Result<Deployment>| {
+        let e = r.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Rejected, "{e}");
+        e.to_string()
+    };
+    // Pattern.
+    let msg = refused(
+        h.engine
+            .deploy(DeployRequest::new("web", "rel", image("sick")))
+            .await,
+    );
+    assert!(
+        msg.contains("does not match") && msg.contains("\"v*\""),
+        "{msg}"
+    );
+    // Another repository.
+    let other = ImageRef::parse("localhost:5000/team/other:v1").unwrap();
+    refused(
+        h.engine
+            .deploy(DeployRequest::new("web", "dev", other))
+            .await,
+    );
+    // Promotion: v1 never ran in rel.
+    let msg = refused(
+        h.engine
+            .deploy(DeployRequest::new("web", "prod", image("v1")).confirmed())
+            .await,
+    );
+    assert!(msg.contains("has not run successfully in \"rel\""), "{msg}");
+    assert!(h.rt.containers().is_empty() && h.proxy.routes().is_empty());
+    assert!(
+        h.engine
+            .deployments(&DeploymentFilter::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // After it runs in rel: confirmation is still needed, then it deploys to the custom domain.
+    h.deploy("rel", "v1").await;
+    let msg = refused(
+        h.engine
+            .deploy(DeployRequest::new("web", "prod", image("v1")))
+            .await,
+    );
+    assert!(msg.contains("confirmation"), "{msg}");
+    let d = h
+        .engine
+        .deploy(DeployRequest::new("web", "prod", image("v1")).confirmed())
+        .await
+        .unwrap();
+    assert_eq!(d.status, DeployStatus::Succeeded);
+    assert!(h.proxy.routes().contains_key("launcher.example.com"));
+    // Unknown project and stage.
+    let e = h
+        .engine
+        .deploy(DeployRequest::new("nope", "dev", image("v1")))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound);
+    let e = h
+        .engine
+        .deploy(DeployRequest::new("web", "qa", image("v1")))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound);
+}
+
+/// How to make one step fail.
+fn inject(h: &Harness, step: Step, fault: Fault) {
+    match step {
+        Step::Pull => h.rt.inject(Op::Pull, fault),
+        Step::Create => h.rt.inject(Op::Create, fault),
+        Step::Start => h.rt.inject(Op::Start, fault),
+        Step::Health => {
+            // Every probe fails (error) or never answers (timeout) until the deadline.
+            for _ in 0..100 {
+                h.rt.inject(Op::Probe, fault);
+            }
+        }
+        Step::Route => h.proxy.fail_ensure("stage-dev-web-v2.example.com", fault),
+        Step::Switch => h.proxy.fail_ensure("stage-dev-web.example.com", fault),
+        Step::Retire => h.rt.inject(Op::Stop, fault),
+        Step::Record => h.store.inject(StoreOp::PutDeploymentSucceeded, fault),
+        other => panic!("no fault for {other}"),
+    }
+}
+
+/// The fault-injection table: every step that changes the world, failing with an error and with
+/// a hang (timeout). After each, the old version runs and is routed, nothing is orphaned, the
+/// failure is recorded with its step and cause, and the notifier is told.
+#[tokio::test(start_paused = true)]
+async fn fault_table() {
+    let steps = [
+        Step::Pull,
+        Step::Create,
+        Step::Start,
+        Step::Health,
+        Step::Route,
+        Step::Switch,
+        Step::Retire,
+        Step::Record,
+    ];
+    let faults = [Fault::Error(ErrorKind::Transient), Fault::Hang];
+    for step in steps {
+        for fault in faults {
+            let h = harness(1).await;
+            assert_eq!(h.deploy("dev", "v1").await.status, DeployStatus::Succeeded);
+            let v1 = h.active("dev").await;
+            inject(&h, step, fault);
+            let d = h.deploy("dev", "v2").await;
+            let case = format!("{step} / {fault:?}");
+            assert_eq!(d.status, DeployStatus::Failed, "{case}: {d:#?}");
+            let err = d
+                .error
+                .clone()
+                .unwrap_or_else(|| panic!("{case}: no error recorded"));
+            assert_eq!(err.step, step, "{case}: {err:?}");
+            let expected_kind = match (step, fault) {
+                (Step::Health, _) => ErrorKind::Unhealthy,
+                (_, Fault::Hang) => ErrorKind::Timeout,
+                (_, Fault::Error(k)) => k,
+            };
+            assert_eq!(err.kind, expected_kind, "{case}: {err:?}");
+            assert!(!err.message.is_empty());
+            h.assert_only_serving(&v1).await;
+            // Recorded as failed in the store, with its step log.
+            let stored = h.store.get_deployment(&d.id).await.unwrap().unwrap();
+            assert_eq!(stored.status, DeployStatus::Failed, "{case}");
+            assert!(
+                stored
+                    .steps
+                    .iter()
+                    .any(|s| s.step == step && s.status == crate::model::StepStatus::Failed),
+                "{case}"
+            );
+            // Told.
+            let last = h.notifier.events().pop().unwrap();
+            assert_eq!(last.kind, EventKind::DeployFailed, "{case}");
+            assert!(
+                last.message.contains(step.as_str()),
+                "{case}: {}",
+                last.message
+            );
+            // And the stage still takes a good deploy afterwards.
+            h.rt.clear_faults();
+            assert_eq!(
+                h.deploy("dev", "v3").await.status,
+                DeployStatus::Succeeded,
+                "{case}"
+            );
+            assert_eq!(h.active("dev").await.tag, "v3");
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn unhealthy_and_crashing_images_roll_back_with_logs() {
+    let h = harness(1).await;
+    h.deploy("dev", "v1").await;
+    let v1 = h.active("dev").await;
+
+    let d = h.deploy("dev", "sick").await;
+    let e = d.error.unwrap();
+    assert_eq!((e.step, e.kind), (Step::Health, ErrorKind::Unhealthy));
+    assert!(
+        e.message.contains("GET") && e.message.contains("503"),
+        "{}",
+        e.message
+    );
+    assert!(
+        e.logs.iter().any(|l| l.contains("database unreachable")),
+        "{:?}",
+        e.logs
+    );
+    h.assert_only_serving(&v1).await;
+
+    let d = h.deploy("dev", "crash").await;
+    let e = d.error.unwrap();
+    assert_eq!((e.step, e.kind), (Step::Health, ErrorKind::Unhealthy));
+    assert!(e.message.contains("exited with code 3"), "{}", e.message);
+    assert!(e.logs.iter().any(|l| l.contains("fatal")), "{:?}", e.logs);
+    h.assert_only_serving(&v1).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn docker_healthcheck_and_settle_gates() {
+    let h = harness_with(1, false).await;
+    let mut p = project(1);
+    p.health.path = None;
+    h.engine.put_project(&p).await.unwrap();
+    // An image with its own HEALTHCHECK.
+    let img = image("hc");
+    let mut meta = crate::backend::ImageMetadata {
+        exposed_ports: vec![8080],
+        healthcheck: Some(crate::testing::docker_healthcheck()),
+        ..Default::default()
+    };
+    h.rt.add_image_with(&img, Behavior::Healthy, meta.clone(), None);
+    let d = h.deploy("dev", "hc").await;
+    assert_eq!(d.status, DeployStatus::Succeeded);
+    assert!(
+        d.steps.iter().any(|s| s.message.contains("HEALTHCHECK")),
+        "{:?}",
+        d.steps
+    );
+    let bad = image("hc-bad");
+    h.rt.add_image_with(&bad, Behavior::Unhealthy, meta.clone(), None);
+    let d = h.deploy("dev", "hc-bad").await;
+    assert!(
+        d.error
+            .unwrap()
+            .message
+            .contains("HEALTHCHECK reports unhealthy")
+    );
+    // Neither: it must stay up through the settle period.
+    meta.healthcheck = None;
+    let plain = image("plain");
+    h.rt.add_image_with(&plain, Behavior::Healthy, meta, None);
+    let d = h.deploy("dev", "plain").await;
+    assert_eq!(d.status, DeployStatus::Succeeded);
+    assert!(d.steps.iter().any(|s| s.message.contains("staying up")));
+    // Without a proxy nothing is routed, and the URL is the published address.
+    assert!(
+        d.steps
+            .iter()
+            .any(|s| s.step == Step::Switch && s.message == "no proxy configured")
+    );
+    let ev = h.notifier.events().pop().unwrap();
+    assert!(ev.url.unwrap().starts_with("http://127.0.0.1:"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_notifier_never_fails_a_deploy() {
+    let h = harness(1).await;
+    h.notifier.fail_with(Fault::Error(ErrorKind::Transient));
+    assert_eq!(h.deploy("dev", "v1").await.status, DeployStatus::Succeeded);
+    h.notifier.fail_with(Fault::Hang);
+    assert_eq!(h.deploy("dev", "v2").await.status, DeployStatus::Succeeded);
+    assert_eq!(h.notifier.events().len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn pull_failures_leave_nothing_behind() {
+    let h = harness(1).await;
+    let d = h.deploy("dev", "missing-tag").await;
+    let e = d.error.unwrap();
+    assert_eq!((e.step, e.kind), (Step::Pull, ErrorKind::NotFound));
+    assert!(h.rt.containers().is_empty() && h.proxy.routes().is_empty());
+    assert!(h.instances("dev").await.is_empty());
+
+    // A private image: no credentials → unauthorized; with them → deployed.
+    let private = image("private");
+    h.rt.add_image_with(
+        &private,
+        Behavior::Healthy,
+        crate::backend::ImageMetadata {
+            exposed_ports: vec![8080],
+            ..Default::default()
+        },
+        Some(("ci".into(), "s3cret".into())),
+    );
+    let d = h.deploy("dev", "private").await;
+    assert_eq!(d.error.unwrap().kind, ErrorKind::Unauthorized);
+    let mut p = project(1);
+    p.registry = Some("gitea".into());
+    h.engine.put_project(&p).await.unwrap();
+    let engine = Engine::builder(h.rt.clone(), h.store.clone())
+        .settings(settings())
+        .credentials(
+            "gitea",
+            crate::backend::Credentials {
+                username: "ci".into(),
+                secret: "s3cret".to_owned().into(),
+            },
+        )
+        .build();
+    let d = engine
+        .deploy(DeployRequest::new("web", "dev", private))
+        .await
+        .unwrap();
+    assert_eq!(d.status, DeployStatus::Succeeded, "{:?}", d.error);
+}
+
+#[tokio::test(start_paused = true)]
+async fn rollback_redeploys_or_switches() {
+    // max 1: the old container is gone, so rollback deploys v1 again.
+    let h = harness(1).await;
+    h.deploy("dev", "v1").await;
+    h.deploy("dev", "v2").await;
+    let d = h.engine.rollback("web", "dev").await.unwrap();
+    assert_eq!(d.status, DeployStatus::Succeeded);
+    assert_eq!(d.trigger, Trigger::Rollback);
+    assert_eq!(h.active("dev").await.tag, "v1");
+    assert_eq!(h.rt.running().len(), 1);
+    assert!(d.image.digest().is_some(), "rollback pins the digest");
+
+    // max 2: v1 still runs; rollback just switches traffic, and the next rollback goes forward.
+    let h = harness(2).await;
+    h.deploy("dev", "v1").await;
+    let v1 = h.active("dev").await;
+    h.deploy("dev", "v2").await;
+    let containers = h.rt.calls(Op::Create);
+    let d = h.engine.rollback("web", "dev").await.unwrap();
+    assert_eq!(d.status, DeployStatus::Succeeded);
+    assert_eq!(h.rt.calls(Op::Create), containers, "no new container");
+    assert_eq!(h.active("dev").await.id, v1.id);
+    assert_eq!(
+        h.proxy.route("stage-dev-web.example.com").unwrap().upstream,
+        v1.upstream.unwrap()
+    );
+    assert_eq!(h.rt.running().len(), 2);
+
+    // Nothing to roll back to.
+    let h = harness(1).await;
+    h.deploy("dev", "v1").await;
+    assert_eq!(
+        h.engine.rollback("web", "dev").await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn instance_operations() {
+    let h = harness(2).await;
+    h.deploy("dev", "v1").await;
+    h.deploy("dev", "v2").await;
+    let v2 = h.active("dev").await;
+    let short = &v2.id[..6];
+    let i = h.engine.stop_instance(short).await.unwrap();
+    assert_eq!(i.state, InstanceState::Stopped);
+    assert_eq!(h.rt.running().len(), 1);
+    assert_eq!(
+        h.engine.start_instance(&v2.id).await.unwrap().state,
+        InstanceState::Running
+    );
+    assert_eq!(
+        h.engine.restart_instance(&v2.id).await.unwrap().state,
+        InstanceState::Running
+    );
+    // Removing the active instance hands the stage's domain to the other one.
+    h.engine.remove_instance(&v2.id).await.unwrap();
+    let v1 = h.active("dev").await;
+    assert_eq!(v1.tag, "v1");
+    let routes = h.proxy.routes();
+    assert_eq!(
+        routes["stage-dev-web.example.com"].upstream,
+        v1.upstream.clone().unwrap()
+    );
+    assert!(!routes.contains_key(&v2.domain));
+    h.engine.remove_instance(&v1.id).await.unwrap();
+    assert!(h.proxy.routes().is_empty() && h.rt.containers().is_empty());
+    assert_eq!(
+        h.engine.remove_instance(&v1.id).await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    let events: Vec<EventKind> = h.notifier.events().iter().map(|e| e.kind).collect();
+    assert_eq!(
+        events
+            .iter()
+            .filter(|k| **k == EventKind::InstanceRemoved)
+            .count(),
+        2
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn reconcile_marks_missing_and_removes_orphans() {
+    let h = harness(1).await;
+    h.deploy("dev", "v1").await;
+    let v1 = h.active("dev").await;
+    // Removed behind Skipper's back.
+    h.rt.remove_behind_back(v1.container_id.as_deref().unwrap());
+    let r = h.engine.reconcile().await.unwrap();
+    assert_eq!(r.missing, vec![v1.id.clone()]);
+    assert_eq!(h.instances("dev").await[0].state, InstanceState::Missing);
+    // A second reconcile finds nothing new: it is idempotent.
+    let again = h.engine.reconcile().await.unwrap();
+    assert!(again.is_clean() && again.missing.is_empty(), "{again:?}");
+    // The next deploy replaces the missing instance.
+    assert_eq!(h.deploy("dev", "v2").await.status, DeployStatus::Succeeded);
+    assert_eq!(h.instances("dev").await.len(), 1);
+
+    // A labelled container of a project the store does not know is an orphan.
+    let spec = crate::backend::ContainerSpec {
+        name: "skipper-ghost-dev-x".into(),
+        image: image("v1"),
+        env: Default::default(),
+        labels: [
+            (labels::MANAGED.to_owned(), "true".to_owned()),
+            (labels::PROJECT.to_owned(), "ghost".to_owned()),
+            (labels::STAGE.to_owned(), "dev".to_owned()),
+        ]
+        .into(),
+        volumes: vec![],
+        network: None,
+        port: Some(8080),
+        publish: true,
+    };
+    h.rt.create_container(&spec).await.unwrap();
+    let r = h.engine.reconcile().await.unwrap();
+    assert_eq!(r.removed_containers, vec!["skipper-ghost-dev-x".to_owned()]);
+    assert_eq!(h.rt.containers().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn reconcile_adopts_a_container_the_store_lost() {
+    let h = harness(1).await;
+    h.deploy("dev", "v1").await;
+    let v1 = h.active("dev").await;
+    h.store.delete_instance(&v1.id).await.unwrap();
+    let r = h.engine.reconcile().await.unwrap();
+    assert_eq!(r.adopted, vec![v1.id.clone()]);
+    let adopted = h.active("dev").await;
+    assert_eq!(
+        (adopted.tag.as_str(), adopted.container_id.as_ref()),
+        ("v1", v1.container_id.as_ref())
+    );
+}
+
+/// A process killed mid-deploy (the future dropped while the health check runs, as kill -9
+/// would stop it) leaves a state the next engine repairs: the new container removed, the old
+/// version running and routed, the deployment settled as failed.
+#[tokio::test(start_paused = true)]
+async fn killed_mid_health_check_is_repaired() {
+    let h = harness(1).await;
+    h.deploy("dev", "v1").await;
+    let v1 = h.active("dev").await;
+    for _ in 0..1000 {
+        h.rt.inject(Op::Probe, Fault::Hang);
+    }
+    let engine = h.engine.clone();
+    let task = tokio::spawn(async move {
+        engine
+            .deploy_inner(DeployRequest::new("web", "dev", image("v2")))
+            .await
+    });
+    // Wait (in virtual time) until the new container exists, then kill.
+    while h.rt.containers().len() < 2 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    task.abort();
+    let _ = task.await;
+    assert_eq!(
+        h.rt.containers().len(),
+        2,
+        "the kill left the new container behind"
+    );
+
+    // A fresh engine (the next process) on the same backends.
+    let next = Engine::builder(h.rt.clone(), h.store.clone())
+        .proxy(h.proxy.clone())
+        .settings(EngineSettings {
+            lock_ttl: Duration::from_secs(5),
+            ..settings()
+        })
+        .build();
+    tokio::time::sleep(Duration::from_secs(31)).await; // the dead holder's lease expires
+    let r = next.reconcile().await.unwrap();
+    assert_eq!(r.interrupted.len(), 1, "{r:?}");
+    assert_eq!(r.removed_containers.len(), 1, "{r:?}");
+    h.assert_only_serving(&v1).await;
+    let d = next
+        .deployments(&DeploymentFilter::default())
+        .await
+        .unwrap();
+    let killed = d.iter().find(|d| d.tag == "v2").unwrap();
+    assert_eq!(killed.status, DeployStatus::Failed);
+    assert!(
+        killed
+            .error
+            .as_ref()
+            .unwrap()
+            .message
+            .contains("interrupted")
+    );
+}
+
+/// Killed after the commit point (the new instance recorded active) but before the deployment
+/// was marked done: reconcile completes it instead.
+#[tokio::test(start_paused = true)]
+async fn killed_after_commit_is_completed() {
+    let h = harness(1).await;
+    h.deploy("dev", "v1").await;
+    h.store.inject(StoreOp::PutDeploymentSucceeded, Fault::Hang);
+    let engine = h.engine.clone();
+    let task = tokio::spawn(async move {
+        engine
+            .deploy_inner(DeployRequest::new("web", "dev", image("v2")))
+            .await
+    });
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    task.abort();
+    let _ = task.await;
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    let r = h.engine.reconcile().await.unwrap();
+    assert_eq!(r.interrupted.len(), 1, "{r:?}");
+    let v2 = h.active("dev").await;
+    assert_eq!(v2.tag, "v2");
+    assert_eq!(
+        h.instances("dev").await.len(),
+        1,
+        "the retired v1 record is gone"
+    );
+    assert_eq!(h.rt.running(), vec![v2.container_id.clone().unwrap()]);
+    assert_eq!(h.rt.containers().len(), 1);
+    let d = h
+        .engine
+        .deployments(&DeploymentFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(d[0].status, DeployStatus::Succeeded, "{d:#?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_deploys_on_one_stage_are_serialised() {
+    let h = harness(1).await;
+    h.deploy("dev", "v1").await;
+    let (a, b, c) = tokio::join!(
+        h.engine
+            .deploy(DeployRequest::new("web", "dev", image("v2"))),
+        h.engine
+            .deploy(DeployRequest::new("web", "dev", image("v3"))),
+        h.engine
+            .deploy(DeployRequest::new("web", "rel", image("v4"))),
+    );
+    for d in [a.unwrap(), b.unwrap(), c.unwrap()] {
+        assert_eq!(d.status, DeployStatus::Succeeded, "{:?}", d.error);
+    }
+    let insts = h.instances("dev").await;
+    assert_eq!(insts.len(), 1, "{insts:?}");
+    let active = h.active("dev").await;
+    assert_eq!(
+        h.proxy.route("stage-dev-web.example.com").unwrap().upstream,
+        active.upstream.unwrap()
+    );
+    assert_eq!(h.rt.running().len(), 2, "one per stage");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_busy_stage_times_out_clearly() {
+    let h = harness(1).await;
+    let e = Engine::builder(h.rt.clone(), h.store.clone())
+        .settings(EngineSettings {
+            lock_wait: Duration::from_secs(2),
+            ..settings()
+        })
+        .build();
+    assert!(
+        h.store
+            .try_lock("stage/web/dev", "someone-else", Duration::from_secs(600))
+            .await
+            .unwrap()
+    );
+    let err = e
+        .deploy(DeployRequest::new("web", "dev", image("v1")))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout);
+    assert!(
+        err.to_string()
+            .contains("another operation on stage \"dev\""),
+        "{err}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_rolls_back_in_flight_deploys_and_refuses_new_ones() {
+    let h = harness(1).await;
+    h.deploy("dev", "v1").await;
+    let v1 = h.active("dev").await;
+    for _ in 0..1000 {
+        h.rt.inject(Op::Probe, Fault::Error(ErrorKind::Transient));
+    }
+    let engine = h.engine.clone();
+    let inflight = tokio::spawn(async move {
+        engine
+            .deploy(DeployRequest::new("web", "dev", image("v2")))
+            .await
+    });
+    while h.rt.containers().len() < 2 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    h.engine.shutdown().await;
+    let d = inflight.await.unwrap().unwrap();
+    assert_eq!(d.status, DeployStatus::Failed);
+    assert!(d.error.unwrap().message.contains("shutting down"));
+    h.assert_only_serving(&v1).await;
+    let e = h
+        .engine
+        .deploy(DeployRequest::new("web", "dev", image("v3")))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::ShuttingDown));
+}
+
+#[tokio::test(start_paused = true)]
+async fn colliding_tags_get_distinct_domains() {
+    let h = harness(2).await;
+    for t in ["v1.0", "v1_0"] {
+        h.rt.add_image(&format!("{REPO}:{t}"), Behavior::Healthy);
+        assert_eq!(h.deploy("dev", t).await.status, DeployStatus::Succeeded);
+    }
+    let insts = h.instances("dev").await;
+    assert_eq!(insts.len(), 2);
+    assert_ne!(insts[0].domain, insts[1].domain);
+    assert_eq!(h.proxy.routes().len(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn quick_defaults_come_from_the_image() {
+    let h = harness(1).await;
+    let img = ImageRef::parse("localhost:5000/team/My_App:v1");
+    assert!(img.is_err(), "upper-case repositories are rejected");
+    let img = image("hc2");
+    let mut labels_map = std::collections::BTreeMap::new();
+    labels_map.insert("dev.skipper.health-path".to_owned(), "/up".to_owned());
+    h.rt.add_image_with(
+        &img,
+        Behavior::Healthy,
+        crate::backend::ImageMetadata {
+            exposed_ports: vec![3000, 9090],
+            healthcheck: Some(crate::testing::docker_healthcheck()),
+            labels: labels_map,
+            ..Default::default()
+        },
+        None,
+    );
+    let q = h
+        .engine
+        .quick_defaults(&img, PullPolicy::Missing, None)
+        .await
+        .unwrap();
+    assert_eq!(q.project, "web");
+    assert_eq!(q.port, Some(3000));
+    assert!(q.has_healthcheck);
+    assert_eq!(q.health_path.as_deref(), Some("/up"));
+}
