@@ -1,1 +1,65 @@
-//! skipper-registry (work in progress).
+//! # skipper-registry
+//!
+//! Detecting new images: a client for the OCI distribution v2 API implementing
+//! [`skipper_core::Registry`], tag selection, and webhook parsers.
+//!
+//! - [`RegistryClient`] lists tags (following `Link` pagination) and resolves digests with
+//!   `HEAD` (so a poll never counts as a pull), answering the registry's auth challenge — Bearer
+//!   tokens from its realm (anonymous or with credentials, cached per scope until expiry) or
+//!   Basic — and backing off on `429` within a [`RateLimitPolicy`]. Flavours: Docker Hub, GHCR,
+//!   Gitea/Forgejo and any distribution registry ([`RegistryKind`]). Plain http only for
+//!   loopback registries; TLS is always verified.
+//! - [`docker_config_credentials`] finds credentials the way `docker pull` does
+//!   (`~/.docker/config.json`, credential helpers).
+//! - [`select`] orders tags newest first (semver-aware) and diffs them against what was seen.
+//! - [`webhook`] turns push notifications (generic, distribution, Docker Hub, GitHub, Gitea)
+//!   into [`PushEvent`]s, verifying signatures in constant time.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use skipper_core::{ImageRef, Registry, TagPattern};
+//! use skipper_registry::{RegistryClient, RegistryConfig, docker_config_credentials, select};
+//! # async fn run() -> anyhow::Result<()> {
+//! let image = ImageRef::parse("ghcr.io/acme/web:latest")?;
+//! let credentials = docker_config_credentials(image.registry());
+//! let registry: Arc<dyn Registry> =
+//!     Arc::new(RegistryClient::new(RegistryConfig::for_image(&image, credentials))?);
+//!
+//! let tags = registry.list_tags(&image).await?;
+//! let pattern = TagPattern::new("v*")?;
+//! if let Some(newest) = select::newest_tag(&tags, &pattern) {
+//!     let digest = registry.resolve_digest(&image.with_tag(newest)?).await?;
+//!     println!("{newest} is {digest}");
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! ## Errors
+//! Client calls return [`RegistryError`], which keeps the HTTP status and the registry's own
+//! error text; through the [`Registry`](skipper_core::Registry) trait it becomes a
+//! [`skipper_core::Error`] whose kind says what to do: `Unauthorized`, `NotFound`,
+//! `RateLimited`, `Transient` (5xx, connection, timeout).
+//!
+//! ## Features
+//! None: the crate is small and all of it is needed to watch a registry.
+
+#![warn(missing_docs)]
+
+mod auth;
+mod client;
+mod docker_config;
+mod error;
+mod ratelimit;
+pub mod select;
+pub mod webhook;
+
+pub use client::{
+    IDENTITY_TOKEN_USER, MANIFEST_ACCEPT, RegistryClient, RegistryConfig, RegistryKind,
+};
+pub use docker_config::{
+    DOCKER_HUB_AUTH_KEY, DockerConfig, docker_config_credentials, docker_config_path,
+};
+pub use error::{BoxError, RegistryError, Result};
+pub use ratelimit::RateLimitPolicy;
+pub use select::{ChangedTag, ObservedTag, TagDiff, diff_tags, newest_tag, select_tags};
+pub use webhook::{PushEvent, WebhookError, WebhookSource};
