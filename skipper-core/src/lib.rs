@@ -39,6 +39,8 @@ pub mod engine;
 pub mod docker;
 pub mod error;
 pub mod model;
+#[cfg(feature = "webhook-notifier")]
+pub mod notify;
 pub mod pattern;
 pub mod reference;
 pub mod store;

@@ -337,6 +337,11 @@ impl Engine {
         &self.inner.runtime
     }
 
+    /// Whether a proxy is configured (routes are made).
+    pub fn has_proxy(&self) -> bool {
+        self.inner.proxy.is_some()
+    }
+
     /// The registry client, if one was configured.
     pub fn registry(&self) -> Option<&Arc<dyn Registry>> {
         self.inner.registry.as_ref()

@@ -1,0 +1,404 @@
+//! Assemble the backends from the config file and the environment, and run one command.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use secrecy::SecretString;
+use skipper_core::backend::{DeploymentFilter, InstanceFilter};
+use skipper_core::config::{Config, UpstreamMode};
+use skipper_core::docker::DockerRuntime;
+use skipper_core::notify::WebhookNotifier;
+use skipper_core::store::{SecretKey, SqliteStore};
+use skipper_core::{
+    Credentials, DeployRequest, DeployStatus, Deployment, Engine, EngineSettings, ImageRef,
+    Instance, Project, PullPolicy, PullProgress, Stage, UpstreamTarget,
+};
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::{Cli, Command, DeployArgs, Pull};
+use crate::output;
+
+/// Logs go to stderr; stdout is for results.
+pub(crate) fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "error",
+        1 => "info,skipper_core=info",
+        _ => "debug",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// The default data directory: `$XDG_DATA_HOME/skipper`, `~/.local/share/skipper`, or
+/// `./.skipper` when there is no home.
+fn default_data_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(x).join("skipper");
+    }
+    match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        Some(home) => PathBuf::from(home).join(".local/share/skipper"),
+        None => PathBuf::from(".skipper"),
+    }
+}
+
+/// The config file: `--config`, else `./skipper.yaml` if present, else none.
+fn load_config(path: Option<&Path>) -> Result<Config> {
+    match path {
+        Some(p) => Ok(Config::load(p)?),
+        None if Path::new("skipper.yaml").exists() => Ok(Config::load(Path::new("skipper.yaml"))?),
+        None => Ok(Config::parse("")?),
+    }
+}
+
+fn env_nonempty(key: &str) -> Option<String> {
+    std::env::var(key).ok().filter(|v| !v.is_empty())
+}
+
+/// Everything a command needs.
+pub(crate) struct App {
+    pub(crate) engine: Engine,
+    pub(crate) config: Config,
+}
+
+/// Build the engine: Docker, SQLite in the data directory, NPM and the webhook notifier when
+/// configured.
+pub(crate) async fn build(cli: &Cli) -> Result<App> {
+    let config = load_config(cli.global.config.as_deref())?;
+    let data_dir = cli.global.data_dir.clone().unwrap_or_else(default_data_dir);
+    let key = SecretKey::from_env()?;
+    let store = {
+        let dir = data_dir.clone();
+        tokio::task::spawn_blocking(move || SqliteStore::open(&dir, key))
+            .await
+            .context("opening the store")??
+    };
+    let mut runtime = DockerRuntime::connect().await?;
+    let scope = env_nonempty("SKIPPER_SCOPE");
+    if let Some(scope) = &scope {
+        runtime = runtime.with_scope(scope.clone());
+    }
+
+    let npm = npm_settings(&config)?;
+    let upstream = match &npm {
+        Some((_, UpstreamMode::Published, host)) => UpstreamTarget::Published { host: host.clone() },
+        _ => UpstreamTarget::ContainerName,
+    };
+    let settings = EngineSettings {
+        domains: config.global.domains(),
+        network: config.global.network.clone(),
+        publish: true,
+        upstream,
+        scope,
+        lock_ttl: Duration::from_secs(10),
+        stop_grace: env_nonempty("SKIPPER_STOP_GRACE")
+            .map(|v| humantime::parse_duration(&v))
+            .transpose()
+            .context("SKIPPER_STOP_GRACE")?
+            .unwrap_or(Duration::from_secs(10)),
+        ..EngineSettings::default()
+    };
+    let mut builder = Engine::builder(Arc::new(runtime), Arc::new(store)).settings(settings);
+    if let Some((npm_config, _, _)) = npm {
+        let client = skipper_npm::NpmClient::new(npm_config)?;
+        builder = builder.proxy(Arc::new(client));
+    }
+    if let Some(url) = &config.global.notification_url {
+        builder = builder.notifier(Arc::new(WebhookNotifier::new(url.clone())?));
+    }
+    for (name, r) in &config.registries {
+        if let (Some(username), Some(token)) = (&r.username, &r.token) {
+            builder = builder.credentials(
+                name.clone(),
+                Credentials {
+                    username: username.clone(),
+                    secret: token.clone(),
+                },
+            );
+        }
+    }
+    let engine = builder.build();
+    // The config file is the source of truth for the projects it names.
+    for p in config.projects.values() {
+        engine.put_project(p).await?;
+    }
+    Ok(App { engine, config })
+}
+
+/// NPM from the config's `npm:` section, or `SKIPPER_NPM_URL` / `_EMAIL` / `_PASSWORD`.
+fn npm_settings(config: &Config) -> Result<Option<(skipper_npm::NpmConfig, UpstreamMode, Option<String>)>> {
+    if let Some(n) = &config.npm {
+        let c = skipper_npm::NpmConfig::new(n.url.clone(), n.email.clone(), n.password.clone());
+        return Ok(Some((c, n.upstream, n.upstream_host.clone())));
+    }
+    let Some(url) = env_nonempty("SKIPPER_NPM_URL") else {
+        return Ok(None);
+    };
+    let url = url.parse().context("SKIPPER_NPM_URL is not a URL")?;
+    let email = env_nonempty("SKIPPER_NPM_EMAIL").context("SKIPPER_NPM_URL is set but SKIPPER_NPM_EMAIL is not")?;
+    let password: SecretString = env_nonempty("SKIPPER_NPM_PASSWORD")
+        .context("SKIPPER_NPM_URL is set but SKIPPER_NPM_PASSWORD is not")?
+        .into();
+    let mode = match env_nonempty("SKIPPER_NPM_UPSTREAM").as_deref() {
+        None | Some("network") => UpstreamMode::Network,
+        Some("published") => UpstreamMode::Published,
+        Some(other) => bail!("SKIPPER_NPM_UPSTREAM must be network or published, not {other:?}"),
+    };
+    let c = skipper_npm::NpmConfig::new(url, email, password);
+    Ok(Some((c, mode, env_nonempty("SKIPPER_NPM_UPSTREAM_HOST"))))
+}
+
+/// Run the command; the exit code says whether it succeeded.
+pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
+    let app = build(&cli).await?;
+    let json = cli.global.json;
+    let engine = &app.engine;
+    // Every command starts by repairing what an interrupted one may have left.
+    let report = engine.reconcile().await?;
+    let is_reconcile = matches!(cli.command, Command::Reconcile);
+    if !json && !is_reconcile {
+        output::print_reconcile(&report, false);
+    }
+    match &cli.command {
+        Command::Deploy(args) => deploy(&app, args, json).await,
+        Command::Ps(args) => {
+            let list = engine
+                .instances(&InstanceFilter {
+                    project: args.project.clone(),
+                    stage: args.stage.clone(),
+                })
+                .await?;
+            if json {
+                let v: Vec<_> = list.iter().map(output::instance_json).collect();
+                println!("{}", serde_json::Value::Array(v));
+            } else {
+                output::print_instances(&list);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Rm(a) | Command::Stop(a) | Command::Start(a) | Command::Restart(a) => {
+            let (verb, inst) = match &cli.command {
+                Command::Rm(_) => ("removed", engine.remove_instance(&a.instance).await?),
+                Command::Stop(_) => ("stopped", engine.stop_instance(&a.instance).await?),
+                Command::Start(_) => ("started", engine.start_instance(&a.instance).await?),
+                _ => ("restarted", engine.restart_instance(&a.instance).await?),
+            };
+            if json {
+                let mut v = output::instance_json(&inst);
+                v["action"] = verb.into();
+                println!("{v}");
+            } else {
+                println!("{verb} {} ({}/{} {})", inst.id, inst.project, inst.stage, inst.tag);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Rollback(a) => {
+            let started = Instant::now();
+            match engine.rollback(&a.project, &a.stage).await {
+                Ok(d) => Ok(report_deployment(engine, &d, json, started.elapsed()).await?),
+                Err(e) if json => {
+                    println!("{}", output::refusal_json(&a.project, &a.stage, "", &e));
+                    Ok(ExitCode::from(1))
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+        Command::History(a) => {
+            let list = engine
+                .deployments(&DeploymentFilter {
+                    project: a.project.clone(),
+                    stage: a.stage.clone(),
+                    limit: Some(a.limit),
+                })
+                .await?;
+            if json {
+                let v: Vec<_> = list.iter().map(|d| output::deployment_json(d, None, None)).collect();
+                println!("{}", serde_json::Value::Array(v));
+            } else {
+                output::print_history(&list);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Reconcile => {
+            if json {
+                println!("{}", serde_json::to_value(&report)?);
+            } else {
+                output::print_reconcile(&report, true);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// The project a deploy uses: the config's, else the store's, else a new one from the image;
+/// command-line flags override.
+async fn resolve_project(app: &App, args: &DeployArgs, image: &ImageRef, project: &str) -> Result<Project> {
+    let from_config = app.config.projects.get(project).cloned();
+    let configured = from_config.is_some();
+    let mut p = match from_config {
+        Some(p) => p,
+        None => match app.engine.store().get_project(project).await? {
+            Some(mut p) => {
+                p.image = image.name();
+                p
+            }
+            None => Project::new(project, &image.name())?,
+        },
+    };
+    if !p.stages.contains_key(&args.stage) {
+        if configured {
+            bail!(
+                "project {project:?} in the config has no stage {:?} (it has: {})",
+                args.stage,
+                p.stages.keys().cloned().collect::<Vec<_>>().join(", ")
+            );
+        }
+        p.stages.insert(args.stage.clone(), Stage::new(args.stage.clone()));
+    }
+    if let Some(port) = args.port {
+        p.port = Some(port);
+    }
+    if let Some(path) = &args.health_path {
+        p.health.path = Some(path.clone());
+    }
+    if let Some(t) = args.health_timeout {
+        p.health.deadline = t;
+    }
+    if let Some(n) = args.max_instances {
+        if let Some(s) = p.stages.get_mut(&args.stage) {
+            s.max_instances = n;
+        }
+    }
+    for kv in &args.env {
+        let Some((k, v)) = kv.split_once('=') else {
+            bail!("--env {kv:?} must look like KEY=value");
+        };
+        if k.is_empty() {
+            bail!("--env {kv:?} has an empty name");
+        }
+        p.env.insert(k.to_owned(), v.to_owned());
+    }
+    app.engine.put_project(&p).await?;
+    Ok(p)
+}
+
+/// The default project name for an image: its last path component, as a DNS-safe label.
+fn project_from_image(image: &ImageRef) -> String {
+    let base = image.repository().rsplit('/').next().unwrap_or("app");
+    let mut name = skipper_core::subdomain::sanitize(base);
+    name.truncate(40);
+    let name = name.trim_end_matches('-').to_owned();
+    if name.is_empty() { "app".into() } else { name }
+}
+
+async fn deploy(app: &App, args: &DeployArgs, json: bool) -> Result<ExitCode> {
+    let image = ImageRef::parse(&args.image)?;
+    let project_name = args.project.clone().unwrap_or_else(|| project_from_image(&image));
+    let started = Instant::now();
+    let project = match resolve_project(app, args, &image, &project_name).await {
+        Ok(p) => p,
+        Err(e) if json => {
+            let err = skipper_core::Error::rejected(format!("{e:#}"));
+            println!("{}", output::refusal_json(&project_name, &args.stage, &args.image, &err));
+            return Ok(ExitCode::from(1));
+        }
+        Err(e) => return Err(e),
+    };
+    let mut req = DeployRequest::new(&project.name, &args.stage, image.clone());
+    req.confirmed = args.yes;
+    req.pull = match args.pull {
+        Pull::Always => PullPolicy::Always,
+        Pull::Missing => PullPolicy::Missing,
+        Pull::Never => PullPolicy::Never,
+    };
+    let progress = output::progress_enabled().then(|| {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        req.progress = Some(tx);
+        tokio::spawn(show_progress(image.familiar(), rx))
+    });
+    let result = app.engine.deploy(req).await;
+    if let Some(p) = progress {
+        let _ = p.await;
+    }
+    match result {
+        Ok(d) => report_deployment(&app.engine, &d, json, started.elapsed()).await,
+        Err(e) => {
+            if json {
+                println!("{}", output::refusal_json(&project.name, &args.stage, &args.image, &e));
+            } else {
+                eprintln!("deploy refused: {}", e.chain());
+            }
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+async fn report_deployment(engine: &Engine, d: &Deployment, json: bool, took: Duration) -> Result<ExitCode> {
+    let instance: Option<Instance> = match (&d.instance_id, d.status) {
+        (Some(id), DeployStatus::Succeeded) => engine.store().get_instance(id).await?,
+        _ => None,
+    };
+    let url = match &instance {
+        Some(_) if engine.has_proxy() => {
+            let project = engine.project(&d.project).await?;
+            let stage = project.stage(&d.stage)?;
+            Some(format!(
+                "http://{}",
+                engine.settings().domains.stage_domain(&d.project, &d.stage, stage.subdomain.as_deref())
+            ))
+        }
+        Some(i) => i.address.as_ref().map(|a| format!("http://{a}")),
+        None => None,
+    };
+    if json {
+        println!("{}", output::deployment_json(d, instance.as_ref(), url.as_deref()));
+    } else {
+        output::print_deployment(d, instance.as_ref(), url.as_deref(), took);
+    }
+    Ok(if d.status == DeployStatus::Succeeded {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// Draw one status line of pull progress on stderr.
+async fn show_progress(image: String, mut rx: tokio::sync::mpsc::UnboundedReceiver<PullProgress>) {
+    use std::collections::BTreeMap;
+    use std::io::Write;
+    let mut layers: BTreeMap<String, (u64, u64, bool)> = BTreeMap::new();
+    let mut drew = false;
+    while let Some(p) = rx.recv().await {
+        let Some(layer) = p.layer.clone() else { continue };
+        let e = layers.entry(layer).or_insert((0, 0, false));
+        if let (Some(c), Some(t)) = (p.current, p.total) {
+            e.0 = c;
+            e.1 = t;
+        }
+        if p.status.contains("complete") || p.status.contains("exists") {
+            e.2 = true;
+        }
+        let done = layers.values().filter(|l| l.2).count();
+        let (cur, tot) = layers.values().fold((0, 0), |(a, b), l| (a + l.0, b + l.1));
+        let mb = |b: u64| b as f64 / 1_000_000.0;
+        let mut err = std::io::stderr();
+        let _ = write!(
+            err,
+            "\r\x1b[Kpulling {image}: {done}/{} layers, {:.1}/{:.1} MB",
+            layers.len(),
+            mb(cur),
+            mb(tot)
+        );
+        let _ = err.flush();
+        drew = true;
+    }
+    if drew {
+        eprintln!();
+    }
+}

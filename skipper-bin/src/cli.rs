@@ -1,0 +1,139 @@
+//! Command-line arguments.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Skipper: health-gated, blue-green deploys of Docker images, with rollback.
+#[derive(Debug, Parser)]
+#[command(name = "skipper", version, about, long_about = None)]
+pub(crate) struct Cli {
+    #[command(flatten)]
+    pub(crate) global: Global,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, Args)]
+pub(crate) struct Global {
+    /// Where Skipper keeps its state (SQLite). Default: $XDG_DATA_HOME/skipper or ~/.local/share/skipper.
+    #[arg(long, global = true, env = "SKIPPER_DATA_DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// The configuration file. Default: ./skipper.yaml if it exists.
+    #[arg(long, global = true, env = "SKIPPER_CONFIG")]
+    pub(crate) config: Option<PathBuf>,
+    /// Print one JSON document on stdout and nothing else there.
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
+    /// More logging on stderr (-v info, -vv debug). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub(crate) verbose: u8,
+}
+
+/// When to pull.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum Pull {
+    /// Always ask the registry.
+    Always,
+    /// Only if the image is not present.
+    Missing,
+    /// Never; the image must be present.
+    Never,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Deploy an image to a stage: pull, start beside the running version, health-gate, switch,
+    /// retire the old one. Rolls back on any failure.
+    Deploy(DeployArgs),
+    /// List instances.
+    Ps(PsArgs),
+    /// Remove an instance (its routes, container and record).
+    Rm(InstanceArgs),
+    /// Stop an instance's container.
+    Stop(InstanceArgs),
+    /// Start a stopped instance.
+    Start(InstanceArgs),
+    /// Restart an instance.
+    Restart(InstanceArgs),
+    /// Roll a stage back to its previous successful version.
+    Rollback(StageArgs),
+    /// Show recent deployments, newest first.
+    History(HistoryArgs),
+    /// Repair the store against Docker and the proxy (every command does this first).
+    Reconcile,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DeployArgs {
+    /// The image, e.g. 127.0.0.1:5000/team/app:v1.
+    pub(crate) image: String,
+    /// The project. Default: the image's name (its last path component).
+    #[arg(long, short)]
+    pub(crate) project: Option<String>,
+    /// The stage.
+    #[arg(long, short, default_value = "dev")]
+    pub(crate) stage: String,
+    /// The app's port in the container. Default: the config's, else the image's first EXPOSE.
+    #[arg(long)]
+    pub(crate) port: Option<u16>,
+    /// HTTP path that answers 2xx when the app is healthy. Default: the image's HEALTHCHECK,
+    /// else "still running after a few seconds".
+    #[arg(long)]
+    pub(crate) health_path: Option<String>,
+    /// How long the new version may take to become healthy (e.g. 60s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub(crate) health_timeout: Option<std::time::Duration>,
+    /// How many versions may run side by side in the stage (oldest retired first).
+    #[arg(long)]
+    pub(crate) max_instances: Option<u32>,
+    /// When to pull the image.
+    #[arg(long, value_enum, default_value = "always")]
+    pub(crate) pull: Pull,
+    /// Environment variable for the container (repeatable).
+    #[arg(long = "env", short = 'e', value_name = "K=V")]
+    pub(crate) env: Vec<String>,
+    /// Confirm a deploy to a stage with `confirm: true`.
+    #[arg(long, short)]
+    pub(crate) yes: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PsArgs {
+    /// Only this project.
+    #[arg(long, short)]
+    pub(crate) project: Option<String>,
+    /// Only this stage.
+    #[arg(long, short)]
+    pub(crate) stage: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct InstanceArgs {
+    /// The instance id (or an unambiguous prefix of at least 4 characters).
+    pub(crate) instance: String,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct StageArgs {
+    /// The project.
+    #[arg(long, short)]
+    pub(crate) project: String,
+    /// The stage.
+    #[arg(long, short, default_value = "dev")]
+    pub(crate) stage: String,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct HistoryArgs {
+    /// Only this project.
+    #[arg(long, short)]
+    pub(crate) project: Option<String>,
+    /// Only this stage.
+    #[arg(long, short)]
+    pub(crate) stage: Option<String>,
+    /// At most this many.
+    #[arg(long, short = 'n', default_value_t = 20)]
+    pub(crate) limit: usize,
+}
