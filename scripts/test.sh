@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The test command (README, CI): every test, from unit tests to the real Docker engine.
+#
+#   scripts/test.sh
+#
+# 1. scripts/test-env.sh installs what the real-engine tests need (Debian's busybox-static,
+#    docker-registry, apache2-utils), builds the test images and starts two local registries.
+# 2. cargo test runs the unit, property, mock (wiremock) and fake-backend tests.
+# 3. cargo test -- --ignored runs the tests marked #[ignore = "needs docker engine"] against the
+#    real engine and registries, one at a time. Under CI=true a missing engine fails them.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+scripts/test-env.sh
+cargo build -p skipper-bin --bin skipper
+cargo test --workspace --all-features
+cargo test --workspace --all-features -- --ignored --test-threads=1
