@@ -270,10 +270,10 @@ async fn resolve_project(app: &App, args: &DeployArgs, image: &ImageRef, project
     if let Some(t) = args.health_timeout {
         p.health.deadline = t;
     }
-    if let Some(n) = args.max_instances {
-        if let Some(s) = p.stages.get_mut(&args.stage) {
-            s.max_instances = n;
-        }
+    if let Some(n) = args.max_instances
+        && let Some(s) = p.stages.get_mut(&args.stage)
+    {
+        s.max_instances = n;
     }
     for kv in &args.env {
         let Some((k, v)) = kv.split_once('=') else {
