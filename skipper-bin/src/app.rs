@@ -87,7 +87,9 @@ pub(crate) async fn build(cli: &Cli) -> Result<App> {
 
     let npm = npm_settings(&config)?;
     let upstream = match &npm {
-        Some((_, UpstreamMode::Published, host)) => UpstreamTarget::Published { host: host.clone() },
+        Some((_, UpstreamMode::Published, host)) => {
+            UpstreamTarget::Published { host: host.clone() }
+        }
         _ => UpstreamTarget::ContainerName,
     };
     let settings = EngineSettings {
@@ -132,7 +134,9 @@ pub(crate) async fn build(cli: &Cli) -> Result<App> {
 }
 
 /// NPM from the config's `npm:` section, or `SKIPPER_NPM_URL` / `_EMAIL` / `_PASSWORD`.
-fn npm_settings(config: &Config) -> Result<Option<(skipper_npm::NpmConfig, UpstreamMode, Option<String>)>> {
+fn npm_settings(
+    config: &Config,
+) -> Result<Option<(skipper_npm::NpmConfig, UpstreamMode, Option<String>)>> {
     if let Some(n) = &config.npm {
         let c = skipper_npm::NpmConfig::new(n.url.clone(), n.email.clone(), n.password.clone());
         return Ok(Some((c, n.upstream, n.upstream_host.clone())));
@@ -141,7 +145,8 @@ fn npm_settings(config: &Config) -> Result<Option<(skipper_npm::NpmConfig, Upstr
         return Ok(None);
     };
     let url = url.parse().context("SKIPPER_NPM_URL is not a URL")?;
-    let email = env_nonempty("SKIPPER_NPM_EMAIL").context("SKIPPER_NPM_URL is set but SKIPPER_NPM_EMAIL is not")?;
+    let email = env_nonempty("SKIPPER_NPM_EMAIL")
+        .context("SKIPPER_NPM_URL is set but SKIPPER_NPM_EMAIL is not")?;
     let password: SecretString = env_nonempty("SKIPPER_NPM_PASSWORD")
         .context("SKIPPER_NPM_URL is set but SKIPPER_NPM_PASSWORD is not")?
         .into();
@@ -194,7 +199,10 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
                 v["action"] = verb.into();
                 println!("{v}");
             } else {
-                println!("{verb} {} ({}/{} {})", inst.id, inst.project, inst.stage, inst.tag);
+                println!(
+                    "{verb} {} ({}/{} {})",
+                    inst.id, inst.project, inst.stage, inst.tag
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -218,7 +226,10 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
                 })
                 .await?;
             if json {
-                let v: Vec<_> = list.iter().map(|d| output::deployment_json(d, None, None)).collect();
+                let v: Vec<_> = list
+                    .iter()
+                    .map(|d| output::deployment_json(d, None, None))
+                    .collect();
                 println!("{}", serde_json::Value::Array(v));
             } else {
                 output::print_history(&list);
@@ -238,7 +249,12 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
 
 /// The project a deploy uses: the config's, else the store's, else a new one from the image;
 /// command-line flags override.
-async fn resolve_project(app: &App, args: &DeployArgs, image: &ImageRef, project: &str) -> Result<Project> {
+async fn resolve_project(
+    app: &App,
+    args: &DeployArgs,
+    image: &ImageRef,
+    project: &str,
+) -> Result<Project> {
     let from_config = app.config.projects.get(project).cloned();
     let configured = from_config.is_some();
     let mut p = match from_config {
@@ -259,7 +275,8 @@ async fn resolve_project(app: &App, args: &DeployArgs, image: &ImageRef, project
                 p.stages.keys().cloned().collect::<Vec<_>>().join(", ")
             );
         }
-        p.stages.insert(args.stage.clone(), Stage::new(args.stage.clone()));
+        p.stages
+            .insert(args.stage.clone(), Stage::new(args.stage.clone()));
     }
     if let Some(port) = args.port {
         p.port = Some(port);
@@ -299,13 +316,19 @@ fn project_from_image(image: &ImageRef) -> String {
 
 async fn deploy(app: &App, args: &DeployArgs, json: bool) -> Result<ExitCode> {
     let image = ImageRef::parse(&args.image)?;
-    let project_name = args.project.clone().unwrap_or_else(|| project_from_image(&image));
+    let project_name = args
+        .project
+        .clone()
+        .unwrap_or_else(|| project_from_image(&image));
     let started = Instant::now();
     let project = match resolve_project(app, args, &image, &project_name).await {
         Ok(p) => p,
         Err(e) if json => {
             let err = skipper_core::Error::rejected(format!("{e:#}"));
-            println!("{}", output::refusal_json(&project_name, &args.stage, &args.image, &err));
+            println!(
+                "{}",
+                output::refusal_json(&project_name, &args.stage, &args.image, &err)
+            );
             return Ok(ExitCode::from(1));
         }
         Err(e) => return Err(e),
@@ -330,7 +353,10 @@ async fn deploy(app: &App, args: &DeployArgs, json: bool) -> Result<ExitCode> {
         Ok(d) => report_deployment(&app.engine, &d, json, started.elapsed()).await,
         Err(e) => {
             if json {
-                println!("{}", output::refusal_json(&project.name, &args.stage, &args.image, &e));
+                println!(
+                    "{}",
+                    output::refusal_json(&project.name, &args.stage, &args.image, &e)
+                );
             } else {
                 eprintln!("deploy refused: {}", e.chain());
             }
@@ -339,7 +365,12 @@ async fn deploy(app: &App, args: &DeployArgs, json: bool) -> Result<ExitCode> {
     }
 }
 
-async fn report_deployment(engine: &Engine, d: &Deployment, json: bool, took: Duration) -> Result<ExitCode> {
+async fn report_deployment(
+    engine: &Engine,
+    d: &Deployment,
+    json: bool,
+    took: Duration,
+) -> Result<ExitCode> {
     let instance: Option<Instance> = match (&d.instance_id, d.status) {
         (Some(id), DeployStatus::Succeeded) => engine.store().get_instance(id).await?,
         _ => None,
@@ -350,14 +381,21 @@ async fn report_deployment(engine: &Engine, d: &Deployment, json: bool, took: Du
             let stage = project.stage(&d.stage)?;
             Some(format!(
                 "http://{}",
-                engine.settings().domains.stage_domain(&d.project, &d.stage, stage.subdomain.as_deref())
+                engine.settings().domains.stage_domain(
+                    &d.project,
+                    &d.stage,
+                    stage.subdomain.as_deref()
+                )
             ))
         }
         Some(i) => i.address.as_ref().map(|a| format!("http://{a}")),
         None => None,
     };
     if json {
-        println!("{}", output::deployment_json(d, instance.as_ref(), url.as_deref()));
+        println!(
+            "{}",
+            output::deployment_json(d, instance.as_ref(), url.as_deref())
+        );
     } else {
         output::print_deployment(d, instance.as_ref(), url.as_deref(), took);
     }
@@ -375,7 +413,9 @@ async fn show_progress(image: String, mut rx: tokio::sync::mpsc::UnboundedReceiv
     let mut layers: BTreeMap<String, (u64, u64, bool)> = BTreeMap::new();
     let mut drew = false;
     while let Some(p) = rx.recv().await {
-        let Some(layer) = p.layer.clone() else { continue };
+        let Some(layer) = p.layer.clone() else {
+            continue;
+        };
         let e = layers.entry(layer).or_insert((0, 0, false));
         if let (Some(c), Some(t)) = (p.current, p.total) {
             e.0 = c;

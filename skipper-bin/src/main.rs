@@ -15,7 +15,10 @@ use clap::Parser;
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     app::init_tracing(cli.global.verbose);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -27,7 +30,10 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             if json {
-                println!("{}", serde_json::json!({ "error": { "message": format!("{e:#}") } }));
+                println!(
+                    "{}",
+                    serde_json::json!({ "error": { "message": format!("{e:#}") } })
+                );
             } else {
                 eprintln!("error: {e:#}");
             }

@@ -8,7 +8,11 @@ use serde_json::{Value, json};
 use skipper_core::{DeployStatus, Deployment, Error, Instance, ReconcileReport};
 
 /// A deploy or rollback, as JSON.
-pub(crate) fn deployment_json(d: &Deployment, instance: Option<&Instance>, url: Option<&str>) -> Value {
+pub(crate) fn deployment_json(
+    d: &Deployment,
+    instance: Option<&Instance>,
+    url: Option<&str>,
+) -> Value {
     json!({
         "deploy_id": d.id,
         "status": d.status.as_str(),
@@ -72,11 +76,21 @@ pub(crate) fn instance_json(i: &Instance) -> Value {
 }
 
 /// Print a deploy's outcome for a person.
-pub(crate) fn print_deployment(d: &Deployment, instance: Option<&Instance>, url: Option<&str>, took: Duration) {
+pub(crate) fn print_deployment(
+    d: &Deployment,
+    instance: Option<&Instance>,
+    url: Option<&str>,
+    took: Duration,
+) {
     let secs = took.as_secs_f64();
     match d.status {
         DeployStatus::Succeeded => {
-            println!("deployed {} to {}/{} in {secs:.1}s", d.image.familiar(), d.project, d.stage);
+            println!(
+                "deployed {} to {}/{} in {secs:.1}s",
+                d.image.familiar(),
+                d.project,
+                d.stage
+            );
             if let Some(i) = instance {
                 println!("  instance  {}  ({})", i.id, i.container_name);
                 if let Some(a) = &i.address {
@@ -122,7 +136,9 @@ fn age(i: &Instance) -> String {
         0..60 => format!("{secs}s"),
         60..3600 => format!("{}m", secs / 60),
         3600..86400 => format!("{}h", secs / 3600),
-        _ => humantime::format_duration(Duration::from_secs(d.as_secs() / 86400 * 86400)).to_string(),
+        _ => {
+            humantime::format_duration(Duration::from_secs(d.as_secs() / 86400 * 86400)).to_string()
+        }
     }
 }
 
