@@ -34,9 +34,9 @@
 
 pub mod backend;
 pub mod config;
-pub mod engine;
 #[cfg(feature = "docker")]
 pub mod docker;
+pub mod engine;
 pub mod error;
 pub mod model;
 #[cfg(feature = "webhook-notifier")]
@@ -54,8 +54,8 @@ pub use backend::{
     PullProgress, PulledImage, Registry, Route, RunState, Runtime, Store,
 };
 pub use engine::{
-    DeployRequest, Engine, EngineBuilder, EngineSettings, PullPolicy, QuickDefaults, ReconcileReport,
-    StepTimeouts, UpstreamTarget,
+    DeployRequest, Engine, EngineBuilder, EngineSettings, PullPolicy, QuickDefaults,
+    ReconcileReport, StepTimeouts, UpstreamTarget,
 };
 pub use error::{Error, ErrorKind, Result};
 pub use model::{
