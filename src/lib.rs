@@ -6,6 +6,8 @@
 //! backend crates they need directly; this facade also hosts the workspace's integration tests,
 //! examples and benchmarks.
 
+#![warn(missing_docs)]
+
 pub use skipper_core as core;
 pub use skipper_npm as npm;
 pub use skipper_registry as registry;

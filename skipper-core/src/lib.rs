@@ -32,6 +32,8 @@
 //! | `webhook-notifier` | `notify::WebhookNotifier`, POSTs events as JSON |
 //! | `test-util` | [`testing`] (in-memory fakes) and mockall mocks of every trait |
 
+#![warn(missing_docs)]
+
 pub mod backend;
 pub mod config;
 #[cfg(feature = "docker")]
