@@ -83,7 +83,7 @@ pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
 
 /// The label holding the app port (inside the container) of containers created with a port.
 /// [`ContainerInfo::published`] reports the host binding of this port.
-pub const PORT_LABEL: &str = "dev.skipper.port";
+pub const PORT_LABEL: &str = crate::model::labels::PORT;
 
 /// bollard's default request timeout; calls that wait longer on purpose (stop with a long grace)
 /// extend it for that call.

@@ -34,6 +34,27 @@ pub mod labels {
     /// An embedder-chosen scope, so several engines (or test runs) on one Docker host never touch
     /// each other's containers.
     pub const SCOPE: &str = "dev.skipper.scope";
+    /// On an image (or container): the app's port, when the image EXPOSEs several or none.
+    pub const PORT: &str = "dev.skipper.port";
+    /// On an image: the HTTP path that answers 2xx when the app is healthy.
+    pub const HEALTH_PATH: &str = "dev.skipper.health-path";
+}
+
+/// The defaults an image gives about itself: its app port (label `dev.skipper.port`, else its
+/// first EXPOSE) and health path (label `dev.skipper.health-path`).
+pub fn image_defaults(meta: &crate::backend::ImageMetadata) -> (Option<u16>, Option<String>) {
+    let port = meta
+        .labels
+        .get(labels::PORT)
+        .and_then(|p| p.parse().ok())
+        .filter(|p| *p != 0)
+        .or_else(|| meta.exposed_ports.first().copied());
+    let path = meta
+        .labels
+        .get(labels::HEALTH_PATH)
+        .filter(|p| p.starts_with('/') && !p.chars().any(char::is_whitespace))
+        .cloned();
+    (port, path)
 }
 
 /// A new random id: 12 lower-case hex characters (48 bits), short enough to type.

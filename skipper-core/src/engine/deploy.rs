@@ -310,10 +310,8 @@ impl Engine {
                 .iter()
                 .find_map(|d| d.split_once('@').map(|(_, d)| d.to_owned()));
         }
-        let port = saga
-            .project
-            .port
-            .or_else(|| meta.exposed_ports.first().copied());
+        let (image_port, image_health_path) = crate::model::image_defaults(&meta);
+        let port = saga.project.port.or(image_port);
         if self.inner.proxy.is_some() && port.is_none() {
             return Err(Error::rejected(format!(
                 "project {:?} has no port to route to: set `port`, or EXPOSE one in the image",
@@ -431,7 +429,10 @@ impl Engine {
             format!("started {}", instance.container_name),
         );
 
-        let health = saga.project.health.clone();
+        let mut health = saga.project.health.clone();
+        if health.path.is_none() {
+            health.path = image_health_path;
+        }
         let gate = match (&health.path, port) {
             (Some(path), Some(port)) => Gate::Http { port, path },
             _ if meta.healthcheck.is_some() => Gate::Docker,

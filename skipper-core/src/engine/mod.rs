@@ -185,11 +185,11 @@ impl DeployRequest {
 pub struct QuickDefaults {
     /// A project name derived from the repository.
     pub project: String,
-    /// The first EXPOSEd port.
+    /// The app port: the `dev.skipper.port` label, else the first EXPOSEd port.
     pub port: Option<u16>,
     /// Whether the image has its own HEALTHCHECK.
     pub has_healthcheck: bool,
-    /// A health path from the `dev.skipper.health-path` label, if set.
+    /// The health path from the `dev.skipper.health-path` label, if set.
     pub health_path: Option<String>,
     /// The full metadata.
     pub metadata: ImageMetadata,
@@ -422,6 +422,7 @@ impl Engine {
             .await?;
         }
         let metadata = timed(|| "image inspect".into(), t.call, rt.inspect_image(image)).await?;
+        let (port, health_path) = crate::model::image_defaults(&metadata);
         let base = image.repository().rsplit('/').next().unwrap_or("app");
         let project = crate::subdomain::join_label(&[base], false);
         let project = if project.len() > 40 {
@@ -431,9 +432,9 @@ impl Engine {
         };
         Ok(QuickDefaults {
             project,
-            port: metadata.exposed_ports.first().copied(),
+            port,
             has_healthcheck: metadata.healthcheck.is_some(),
-            health_path: metadata.labels.get("dev.skipper.health-path").cloned(),
+            health_path,
             metadata,
         })
     }

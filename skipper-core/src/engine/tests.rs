@@ -888,3 +888,36 @@ async fn quick_defaults_come_from_the_image() {
     assert!(q.has_healthcheck);
     assert_eq!(q.health_path.as_deref(), Some("/up"));
 }
+
+#[tokio::test(start_paused = true)]
+async fn image_labels_give_port_and_health_path() {
+    let h = harness_with(1, false).await;
+    let mut p = project(1);
+    p.port = None;
+    p.health.path = None;
+    h.engine.put_project(&p).await.unwrap();
+    let img = image("labelled");
+    h.rt.add_image_with(
+        &img,
+        Behavior::Healthy,
+        crate::backend::ImageMetadata {
+            exposed_ports: vec![9000, 8080],
+            labels: [
+                (labels::PORT.to_owned(), "8080".to_owned()),
+                (labels::HEALTH_PATH.to_owned(), "/health".to_owned()),
+            ]
+            .into(),
+            ..Default::default()
+        },
+        None,
+    );
+    let d = h.deploy("dev", "labelled").await;
+    assert_eq!(d.status, DeployStatus::Succeeded, "{:?}", d.error);
+    assert!(
+        d.steps
+            .iter()
+            .any(|s| s.message == "healthy by HTTP GET /health on port 8080"),
+        "{:?}",
+        d.steps
+    );
+}
