@@ -463,13 +463,9 @@ impl Engine {
                 upstream: upstream.clone(),
                 options: options.clone(),
             };
-            timed(
-                || format!("route {}", route.domain),
-                t.route,
-                proxy.ensure_route(&route),
-            )
-            .await
-            .at(Step::Route)?;
+            // Each route's compensation is pushed before its call: a call that fails or times out
+            // may still have made the change (a create whose answer was lost, a switch NPM
+            // applied before its 500), and putting a route back as it was is idempotent.
             saga.undo.push((
                 Step::Route,
                 Undo::RestoreRoute {
@@ -477,6 +473,13 @@ impl Engine {
                     previous: before,
                 },
             ));
+            timed(
+                || format!("route {}", route.domain),
+                t.route,
+                proxy.ensure_route(&route),
+            )
+            .await
+            .at(Step::Route)?;
             saga.deployment.log(
                 Step::Route,
                 StepStatus::Done,
@@ -492,13 +495,6 @@ impl Engine {
                 upstream: upstream.clone(),
                 options,
             };
-            timed(
-                || format!("route {stage_domain}"),
-                t.route,
-                proxy.ensure_route(&route),
-            )
-            .await
-            .at(Step::Switch)?;
             saga.undo.push((
                 Step::Switch,
                 Undo::RestoreRoute {
@@ -506,6 +502,13 @@ impl Engine {
                     previous: before,
                 },
             ));
+            timed(
+                || format!("route {stage_domain}"),
+                t.route,
+                proxy.ensure_route(&route),
+            )
+            .await
+            .at(Step::Switch)?;
             saga.deployment.log(
                 Step::Switch,
                 StepStatus::Done,
@@ -549,13 +552,6 @@ impl Engine {
                 && old.domain != instance.domain
             {
                 let before = self.route_of(&old.domain, &old, &saga.project);
-                timed(
-                    || format!("route removal {}", old.domain),
-                    t.route,
-                    proxy.remove_route(&old.domain),
-                )
-                .await
-                .at(Step::Retire)?;
                 saga.undo.push((
                     Step::Retire,
                     Undo::RestoreRoute {
@@ -563,6 +559,13 @@ impl Engine {
                         previous: before,
                     },
                 ));
+                timed(
+                    || format!("route removal {}", old.domain),
+                    t.route,
+                    proxy.remove_route(&old.domain),
+                )
+                .await
+                .at(Step::Retire)?;
             }
             if let Some(cid) = &old.container_id
                 && old.state == InstanceState::Running

@@ -339,6 +339,27 @@ impl Engine {
             {
                 d.status = DeployStatus::Failed;
                 d.log(Step::Switch, StepStatus::Failed, e.chain());
+                // The switch may have been made even so (an answer lost after the change): point
+                // the domain back at the instance the store still calls active.
+                if let Some(up) = current.and_then(|c| c.upstream.clone()) {
+                    let back = Route {
+                        domain: domain.clone(),
+                        upstream: up,
+                        options: project.route.clone(),
+                    };
+                    let what = format!("route {domain} back to {}", back.upstream);
+                    match timed(|| format!("route {domain}"), t, proxy.ensure_route(&back)).await {
+                        Ok(()) => d.log(Step::Switch, StepStatus::Undone, what),
+                        Err(undo) => {
+                            tracing::error!(action = %what, error = %undo.chain(), "rollback action failed; reconcile will repair");
+                            d.log(
+                                Step::Switch,
+                                StepStatus::Failed,
+                                format!("rollback: {what} failed: {}", undo.chain()),
+                            );
+                        }
+                    }
+                }
                 d.error = Some(crate::model::DeployError {
                     step: Step::Switch,
                     kind: e.kind(),

@@ -363,6 +363,10 @@ impl Engine {
                     }
                     let current: BTreeMap<&str, &Route> =
                         routes.iter().map(|r| (r.domain.as_str(), r)).collect();
+                    // Another project's or stage's domains can start with this stage's label
+                    // (`stage-dev-web-` is a prefix of project `web-api`'s domains): those are
+                    // never this stage's to remove.
+                    let foreign = self.foreign_domains(project, stage).await?;
                     for (domain, want) in &desired {
                         if current.get(domain.as_str()).map(|r| &r.upstream) != Some(&want.upstream)
                         {
@@ -374,7 +378,8 @@ impl Engine {
                     for r in &routes {
                         let ours = r.domain == stage_domain
                             || (r.domain.starts_with(&prefix) && r.domain.ends_with(&suffix));
-                        let owned_elsewhere = kept.iter().any(|i| i.domain == r.domain);
+                        let owned_elsewhere = kept.iter().any(|i| i.domain == r.domain)
+                            || foreign.contains(&r.domain);
                         if ours && !desired.contains_key(&r.domain) && !owned_elsewhere {
                             timed(
                                 || format!("route removal {}", r.domain),
@@ -392,6 +397,26 @@ impl Engine {
             tracing::info!(project = %project.name, stage = %stage.name, ?report, "reconciled");
         }
         Ok(report)
+    }
+
+    /// The stage domains of every other stage the store knows, and the domains of every other
+    /// stage's instances.
+    async fn foreign_domains(&self, project: &Project, stage: &Stage) -> Result<BTreeSet<String>> {
+        let store = &self.inner.store;
+        let domains = &self.inner.settings.domains;
+        let mine = |p: &str, s: &str| p == project.name && s == stage.name;
+        let mut foreign = BTreeSet::new();
+        for p in store.list_projects().await? {
+            for s in p.stages.values().filter(|s| !mine(&p.name, &s.name)) {
+                foreign.insert(domains.stage_domain(&p.name, &s.name, s.subdomain.as_deref()));
+            }
+        }
+        for i in store.list_instances(&InstanceFilter::default()).await? {
+            if !mine(&i.project, &i.stage) {
+                foreign.insert(i.domain);
+            }
+        }
+        Ok(foreign)
     }
 
     /// An instance record for a labelled container the store lost.
