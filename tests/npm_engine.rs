@@ -645,7 +645,7 @@ async fn npm_500_on_create_fails_at_route() {
     assert_eq!(
         h.npm.count(FakeOp::CreateHost),
         3,
-        "a create is sent once per deploy"
+        "the failed create is not repeated (v1 made two)"
     );
 }
 
@@ -693,7 +693,7 @@ async fn a_create_whose_answer_is_lost_is_adopted_not_duplicated() {
     assert_eq!(
         h.npm.count(FakeOp::CreateHost),
         3,
-        "the create is not repeated"
+        "the create is not repeated (v1 made two)"
     );
     assert_eq!(h.npm.hosts().len(), 2, "{:#?}", h.npm.hosts());
     h.assert_forwards_to(&instance_domain("v2"), &v2);
