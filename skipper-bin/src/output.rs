@@ -37,6 +37,12 @@ pub(crate) fn deployment_json(
             "message": e.message,
             "logs": e.logs,
         })),
+        "steps": d.steps.iter().map(|s| json!({
+            "step": s.step.as_str(),
+            "status": s.status,
+            "message": s.message,
+            "at": s.at,
+        })).collect::<Vec<_>>(),
         "started_at": d.started_at,
         "finished_at": d.finished_at,
     })
@@ -52,6 +58,7 @@ pub(crate) fn refusal_json(project: &str, stage: &str, image: &str, e: &Error) -
         "image": image,
         "instance": null,
         "replaced": [],
+        "steps": [],
         "error": { "step": "validate", "kind": e.kind().as_str(), "message": e.chain(), "logs": [] },
     })
 }

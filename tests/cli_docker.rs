@@ -1,0 +1,957 @@
+//! The `skipper` binary, end to end, against a real Docker engine and real registries.
+//!
+//! Run with:
+//! `scripts/test-env.sh && cargo test --test cli_docker -- --ignored --test-threads=1`
+//!
+//! Each test runs the built `skipper` (`cargo build -p skipper-bin --bin skipper` runs once per
+//! test process; `SKIPPER_BIN` names a prebuilt binary instead) in embedded mode, with its own
+//! data directory, its own `SKIPPER_SCOPE`, its own Docker network (through a config file) and an
+//! empty Docker config (so registry credentials come only from what the test passes). It reads
+//! the `--json` output and reaches apps only at the published `address`.
+//!
+//! Where the registries are comes from `SKIPPER_TEST_*` variables or `target/test-env/env.sh`
+//! (written by `scripts/test-env.sh`; `SKIPPER_TEST_ENV_FILE` overrides the path). Without a
+//! reachable engine or that file each test is skipped with a message, unless `CI=true`, where
+//! that is a failure. Everything a test creates carries its scope label and is removed when the
+//! test ends, failed or not.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+// ---------------------------------------------------------------------------------------------
+// Harness
+
+/// The label every container and network of a scoped engine carries.
+const SCOPE_LABEL: &str = "dev.skipper.scope";
+
+/// The `skipper` binary: `SKIPPER_BIN`, else built once next to this test's own executable
+/// (`<target>/<profile>/deps/cli_docker-*` → `<target>/<profile>/skipper`).
+fn skipper_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os("SKIPPER_BIN").filter(|b| !b.is_empty()) {
+            return PathBuf::from(bin);
+        }
+        let exe = std::env::current_exe().expect("the test executable's path");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("the test executable sits in <target>/<profile>/deps");
+        let target_dir = profile_dir.parent().expect("<target>/<profile>");
+        // The profile this test was built with: `target/debug` is `dev`, others keep their name.
+        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") | None => "dev",
+            Some(name) => name,
+        };
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--quiet", "-p", "skipper-bin", "--bin", "skipper"])
+            .args(["--profile", profile])
+            .arg("--target-dir")
+            .arg(target_dir)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "cargo build of the skipper binary failed");
+        let bin = profile_dir.join("skipper");
+        assert!(bin.exists(), "no binary at {}", bin.display());
+        bin
+    })
+}
+
+/// Where the registries of `scripts/test-env.sh` are.
+struct TestEnv {
+    registry: String,
+    auth_registry: String,
+    user: String,
+    password: String,
+    repository: String,
+}
+
+impl TestEnv {
+    /// `Err` says what is missing.
+    fn load() -> Result<Self, String> {
+        let path = std::env::var("SKIPPER_TEST_ENV_FILE")
+            .unwrap_or_else(|_| format!("{}/target/test-env/env.sh", env!("CARGO_MANIFEST_DIR")));
+        let mut vars: HashMap<String, String> = std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| {
+                let line = line.trim();
+                let line = line.strip_prefix("export ").unwrap_or(line);
+                let (k, v) = line.split_once('=')?;
+                (!k.starts_with('#')).then(|| (k.to_owned(), v.trim_matches('"').to_owned()))
+            })
+            .collect();
+        vars.extend(std::env::vars().filter(|(k, _)| k.starts_with("SKIPPER_TEST_")));
+        let get = |k: &str| vars.get(k).filter(|v| !v.is_empty()).cloned();
+        let (Some(registry), Some(auth_registry)) = (
+            get("SKIPPER_TEST_REGISTRY"),
+            get("SKIPPER_TEST_AUTH_REGISTRY"),
+        ) else {
+            return Err(format!(
+                "the test environment is not set up: run scripts/test-env.sh \
+                 (no SKIPPER_TEST_REGISTRY in the environment or in {path})"
+            ));
+        };
+        Ok(Self {
+            registry,
+            auth_registry,
+            user: get("SKIPPER_TEST_AUTH_USER").unwrap_or_else(|| "skipper".into()),
+            password: get("SKIPPER_TEST_AUTH_PASSWORD").unwrap_or_else(|| "skipper-pass".into()),
+            repository: get("SKIPPER_TEST_REPOSITORY").unwrap_or_else(|| "team/app".into()),
+        })
+    }
+}
+
+/// One test's world: a scope, a network, a data directory, a config file. Dropping it removes
+/// every container and network with the scope's label, also when the test panics.
+struct Harness {
+    scope: String,
+    network: String,
+    env: TestEnv,
+    dir: tempfile::TempDir,
+    docker_config: tempfile::TempDir,
+}
+
+/// A finished `skipper ... --json`.
+#[derive(Debug)]
+struct Run {
+    code: Option<i32>,
+    json: Value,
+    stderr: String,
+}
+
+impl Run {
+    fn from_output(args: &[&str], out: Output) -> Self {
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let json = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+            panic!(
+                "skipper {args:?}: stdout is not one JSON document ({e}); exit {:?}\n\
+                 stdout: {stdout}\nstderr: {stderr}",
+                out.status.code()
+            )
+        });
+        Self {
+            code: out.status.code(),
+            json,
+            stderr,
+        }
+    }
+
+    /// The deploy succeeded (exit 0, status `succeeded`).
+    fn succeeded(self) -> Value {
+        assert_eq!(
+            (self.code, self.json["status"].as_str()),
+            (Some(0), Some("succeeded")),
+            "{:#}\nstderr: {}",
+            self.json,
+            self.stderr
+        );
+        self.json
+    }
+
+    /// The deploy failed (non-zero exit, status `failed`).
+    fn failed(self) -> Value {
+        assert!(
+            self.code != Some(0) && self.json["status"] == "failed",
+            "expected a failed deploy, got exit {:?}: {:#}\nstderr: {}",
+            self.code,
+            self.json,
+            self.stderr
+        );
+        self.json
+    }
+}
+
+/// A container of the test's scope, as `docker ps -a` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Container {
+    id: String,
+    state: String,
+    tag: String,
+}
+
+fn ci() -> bool {
+    std::env::var("CI").as_deref() == Ok("true")
+}
+
+impl Harness {
+    /// `None` (after saying why) when the engine or the test environment is missing and this is
+    /// not CI.
+    fn new(test: &str) -> Option<Self> {
+        let skip = |why: String| {
+            assert!(!ci(), "CI=true and {why}");
+            eprintln!("skipping {test}: {why}");
+            None
+        };
+        match Command::new("docker")
+            .args(["info", "--format", "{{.ServerVersion}}"])
+            .output()
+        {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => {
+                return skip(format!(
+                    "the Docker engine is unreachable: {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                ));
+            }
+            Err(e) => return skip(format!("the docker CLI cannot run: {e}")),
+        }
+        let env = match TestEnv::load() {
+            Ok(env) => env,
+            Err(why) => return skip(why),
+        };
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .subsec_nanos();
+        let scope = format!("cli-{test}-{}-{nanos:x}", std::process::id());
+        let h = Self {
+            network: format!("skipper-test-{scope}"),
+            scope,
+            env,
+            dir: tempfile::tempdir().expect("temp dir"),
+            docker_config: tempfile::tempdir().expect("temp dir"),
+        };
+        h.write_config("");
+        skipper_bin();
+        Some(h)
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.dir.path().join("skipper.yaml")
+    }
+
+    /// Write the config file: the test's own network, plus `rest` (top-level YAML sections).
+    fn write_config(&self, rest: &str) {
+        let text = format!("global:\n  network: {}\n{rest}", self.network);
+        std::fs::write(self.config_path(), text).expect("write the config file");
+    }
+
+    /// `<open registry>/team/app:<tag>`.
+    fn image(&self, tag: &str) -> String {
+        format!("{}/{}:{tag}", self.env.registry, self.env.repository)
+    }
+
+    /// `skipper <args> --json`, not yet started.
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(skipper_bin());
+        c.args(args)
+            .arg("--json")
+            .env("SKIPPER_DATA_DIR", self.dir.path().join("data"))
+            .env("SKIPPER_CONFIG", self.config_path())
+            .env("SKIPPER_SCOPE", &self.scope)
+            .env("SKIPPER_STOP_GRACE", "1s")
+            .env("DOCKER_CONFIG", self.docker_config.path())
+            .env_remove("SKIPPER_NPM_URL")
+            .env_remove("SKIPPER_SECRET_KEY")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Run `skipper <args> --json` to the end.
+    fn skipper(&self, args: &[&str]) -> Run {
+        let out = self
+            .command(args)
+            .output()
+            .unwrap_or_else(|e| panic!("run skipper {args:?}: {e}"));
+        Run::from_output(args, out)
+    }
+
+    /// Deploy `<open registry>/team/app:<tag>`, health-gated on `/health`.
+    fn deploy(&self, tag: &str, extra: &[&str]) -> Run {
+        let image = self.image(tag);
+        let mut args = vec!["deploy", image.as_str(), "--health-path", "/health"];
+        args.extend_from_slice(extra);
+        self.skipper(&args)
+    }
+
+    /// `skipper ps --json`.
+    fn ps(&self) -> Vec<Value> {
+        let run = self.skipper(&["ps"]);
+        assert_eq!(run.code, Some(0), "ps: {:#} {}", run.json, run.stderr);
+        run.json.as_array().expect("ps --json is an array").clone()
+    }
+
+    /// `skipper history --json`, newest first.
+    fn history(&self) -> Vec<Value> {
+        let run = self.skipper(&["history"]);
+        assert_eq!(run.code, Some(0), "history: {:#} {}", run.json, run.stderr);
+        run.json
+            .as_array()
+            .expect("history --json is an array")
+            .clone()
+    }
+
+    /// Every container with the scope's label, running or not.
+    fn containers(&self) -> Vec<Container> {
+        let out = docker(&[
+            "ps",
+            "-a",
+            "--no-trunc",
+            "--filter",
+            &format!("label={SCOPE_LABEL}={}", self.scope),
+            "--format",
+            "{{.ID}}\t{{.State}}\t{{.Label \"dev.skipper.tag\"}}",
+        ]);
+        out.lines()
+            .filter_map(|l| {
+                let mut f = l.split('\t');
+                Some(Container {
+                    id: f.next()?.to_owned(),
+                    state: f.next()?.to_owned(),
+                    tag: f.next().unwrap_or_default().to_owned(),
+                })
+            })
+            .collect()
+    }
+
+    /// Poll `containers()` until `done` holds, or panic after `within`.
+    fn wait_containers(
+        &self,
+        within: Duration,
+        what: &str,
+        done: impl Fn(&[Container]) -> bool,
+    ) -> Vec<Container> {
+        let start = Instant::now();
+        loop {
+            let list = self.containers();
+            if done(&list) {
+                return list;
+            }
+            assert!(
+                start.elapsed() < within,
+                "{what} within {within:?}: {list:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        let filter = format!("label={SCOPE_LABEL}={}", self.scope);
+        let containers = docker(&["ps", "-aq", "--filter", &filter]);
+        let containers: Vec<&str> = containers.split_whitespace().collect();
+        if !containers.is_empty() {
+            let _ = Command::new("docker")
+                .args(["rm", "-f"])
+                .args(&containers)
+                .output();
+        }
+        let networks = docker(&["network", "ls", "-q", "--filter", &filter]);
+        let networks: Vec<&str> = networks.split_whitespace().collect();
+        if !networks.is_empty() {
+            let _ = Command::new("docker")
+                .args(["network", "rm"])
+                .args(&networks)
+                .output();
+        }
+    }
+}
+
+/// A child process killed (SIGKILL) and reaped when dropped, unless taken back.
+struct KillOnDrop(Option<Child>);
+
+impl KillOnDrop {
+    fn child(&mut self) -> &mut Child {
+        self.0.as_mut().expect("not taken")
+    }
+
+    fn take(&mut self) -> Child {
+        self.0.take().expect("not taken")
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Run the docker CLI; its stdout ("" when it fails).
+fn docker(args: &[&str]) -> String {
+    Command::new("docker")
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+/// `GET path` from `address` (`127.0.0.1:PORT`): the status and the body.
+fn http_get(address: &str, path: &str) -> std::io::Result<(u16, String)> {
+    let timeout = Duration::from_secs(5);
+    let addr = address
+        .parse()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.0\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {head:?}")))?;
+    Ok((status, body.to_owned()))
+}
+
+/// The body of `GET /` at `address`, which must answer 200.
+fn body(address: &str) -> String {
+    match http_get(address, "/") {
+        Ok((200, body)) => body.trim().to_owned(),
+        other => panic!("GET / at {address}: {other:?}"),
+    }
+}
+
+/// The published address of a deploy's (or a `ps` row's) instance.
+fn address(v: &Value) -> String {
+    let a = v["instance"]["address"]
+        .as_str()
+        .or_else(|| v["address"].as_str())
+        .unwrap_or_else(|| panic!("no address in {v:#}"));
+    assert!(a.starts_with("127.0.0.1:"), "{a}");
+    a.to_owned()
+}
+
+fn instance_id(deploy: &Value) -> String {
+    deploy["instance"]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no instance id in {deploy:#}"))
+        .to_owned()
+}
+
+fn container_id(deploy: &Value) -> String {
+    deploy["instance"]["container_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no container id in {deploy:#}"))
+        .to_owned()
+}
+
+/// `(tag, state, active)` of each `ps` row, oldest first.
+fn summary(ps: &[Value]) -> Vec<(String, String, bool)> {
+    ps.iter()
+        .map(|i| {
+            (
+                i["tag"].as_str().unwrap_or_default().to_owned(),
+                i["state"].as_str().unwrap_or_default().to_owned(),
+                i["active"].as_bool().unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+fn running(tag: &str, active: bool) -> (String, String, bool) {
+    (tag.to_owned(), "running".to_owned(), active)
+}
+
+/// Deploy v1 and check that it serves: the starting point of most tests.
+fn deploy_v1(h: &Harness) -> Value {
+    let v1 = h.deploy("v1", &[]).succeeded();
+    assert_eq!(body(&address(&v1)), "v1");
+    v1
+}
+
+/// v1 is still the one running, active and serving, in its original container, and alone.
+fn assert_only_v1(h: &Harness, v1: &Value) {
+    assert_eq!(summary(&h.ps()), vec![running("v1", true)]);
+    let containers = h.containers();
+    assert_eq!(
+        containers,
+        vec![Container {
+            id: container_id(v1),
+            state: "running".into(),
+            tag: "v1".into(),
+        }],
+        "only v1's container is left"
+    );
+    assert_eq!(body(&address(v1)), "v1");
+}
+
+macro_rules! harness_or_skip {
+    ($test:expr) => {
+        match Harness::new($test) {
+            Some(h) => h,
+            None => return,
+        }
+    };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+
+#[test]
+#[ignore = "needs docker engine"]
+fn deploy_serves_the_image_at_its_address() {
+    let h = harness_or_skip!("serve");
+    let d = h.deploy("v1", &[]).succeeded();
+    assert_eq!(
+        d["project"], "app",
+        "the project defaults to the image's name"
+    );
+    assert_eq!(d["stage"], "dev");
+    assert_eq!(d["tag"], "v1");
+    assert_eq!(d["trigger"], "manual");
+    assert!(
+        d["digest"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("sha256:")),
+        "{d:#}"
+    );
+    assert_eq!(d["replaced"], serde_json::json!([]));
+    assert!(d["error"].is_null(), "{d:#}");
+    let addr = address(&d);
+    assert_eq!(
+        d["url"],
+        format!("http://{addr}"),
+        "no proxy: the url is the address"
+    );
+
+    assert_eq!(body(&addr), "v1");
+    assert_eq!(http_get(&addr, "/health").unwrap().0, 200);
+
+    let ps = h.ps();
+    assert_eq!(summary(&ps), vec![running("v1", true)]);
+    assert_eq!(ps[0]["id"], d["instance"]["id"]);
+    assert_eq!(address(&ps[0]), addr);
+    let containers = h.containers();
+    assert_eq!(containers.len(), 1, "{containers:?}");
+    assert_eq!(containers[0].id, container_id(&d));
+    assert_eq!(containers[0].state, "running");
+}
+
+#[test]
+#[ignore = "needs docker engine"]
+fn blue_green_replaces_v1_with_v2() {
+    let h = harness_or_skip!("bluegreen");
+    let v1 = deploy_v1(&h);
+    let v2 = h.deploy("v2", &[]).succeeded();
+    assert_eq!(body(&address(&v2)), "v2");
+    assert_eq!(v2["replaced"], serde_json::json!([instance_id(&v1)]));
+    assert_ne!(
+        address(&v2),
+        address(&v1),
+        "a new container beside the old one"
+    );
+
+    assert_eq!(summary(&h.ps()), vec![running("v2", true)]);
+    let containers = h.containers();
+    assert_eq!(
+        containers,
+        vec![Container {
+            id: container_id(&v2),
+            state: "running".into(),
+            tag: "v2".into(),
+        }],
+        "v1's container is gone"
+    );
+}
+
+#[test]
+#[ignore = "needs docker engine"]
+fn max_instances_keeps_older_versions_and_evicts_the_oldest() {
+    let h = harness_or_skip!("maxinst");
+    let max = ["--max-instances", "3"];
+    let v1 = h.deploy("v1", &max).succeeded();
+    let v2 = h.deploy("v2", &max).succeeded();
+    let hc = h.deploy("healthcheck", &max).succeeded();
+    for d in [&v2, &hc] {
+        assert_eq!(d["replaced"], serde_json::json!([]), "{d:#}");
+    }
+    assert_eq!(
+        summary(&h.ps()),
+        vec![
+            running("v1", false),
+            running("v2", false),
+            running("healthcheck", true)
+        ]
+    );
+    assert_eq!(body(&address(&v1)), "v1", "older versions keep running");
+    assert_eq!(body(&address(&v2)), "v2");
+    assert_eq!(body(&address(&hc)), "healthcheck");
+
+    // The fourth evicts the oldest, v1.
+    let slow = h.deploy("slow", &max).succeeded();
+    assert_eq!(slow["replaced"], serde_json::json!([instance_id(&v1)]));
+    assert_eq!(
+        summary(&h.ps()),
+        vec![
+            running("v2", false),
+            running("healthcheck", false),
+            running("slow", true)
+        ]
+    );
+    let mut tags: Vec<String> = h.containers().into_iter().map(|c| c.tag).collect();
+    tags.sort();
+    assert_eq!(
+        tags,
+        ["healthcheck", "slow", "v2"],
+        "v1's container is gone"
+    );
+    assert_eq!(body(&address(&v2)), "v2");
+    assert_eq!(body(&address(&hc)), "healthcheck");
+    assert_eq!(body(&address(&slow)), "slow");
+}
+
+#[test]
+#[ignore = "needs docker engine"]
+fn unhealthy_image_rolls_back_and_v1_keeps_serving() {
+    let h = harness_or_skip!("unhealthy");
+    let v1 = deploy_v1(&h);
+    let d = h.deploy("unhealthy", &["--health-timeout", "4s"]).failed();
+    assert_eq!(d["tag"], "unhealthy");
+    assert_eq!(d["error"]["step"], "health", "{d:#}");
+    assert_eq!(d["error"]["kind"], "unhealthy", "{d:#}");
+    let message = d["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("/health") && message.contains("404"),
+        "the cause names the probe and its answer: {message}"
+    );
+    assert_eq!(d["replaced"], serde_json::json!([]));
+    assert_only_v1(&h, &v1);
+    let history = h.history();
+    assert_eq!(history[0]["status"], "failed");
+    assert_eq!(history[0]["error"]["step"], "health");
+}
+
+#[test]
+#[ignore = "needs docker engine"]
+fn crashing_image_rolls_back_with_exit_code_and_logs() {
+    let h = harness_or_skip!("crash");
+    let v1 = deploy_v1(&h);
+    let d = h.deploy("crash", &[]).failed();
+    assert_eq!(d["error"]["step"], "health", "{d:#}");
+    assert_eq!(d["error"]["kind"], "unhealthy", "{d:#}");
+    let logs: Vec<&str> = d["error"]["logs"]
+        .as_array()
+        .map(|l| l.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("skipper-test crash: exiting with code 3")),
+        "the logs carry the crash line: {logs:?}"
+    );
+    let message = d["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("code 3"),
+        "the cause names the exit code: {message}"
+    );
+    assert_only_v1(&h, &v1);
+}
+
+#[test]
+#[ignore = "needs docker engine"]
+fn pull_failures_leave_no_container() {
+    let h = harness_or_skip!("pullfail");
+    let v1 = deploy_v1(&h);
+
+    let d = h.deploy("no-such-tag", &[]).failed();
+    assert_eq!(d["error"]["step"], "pull", "{d:#}");
+    assert_eq!(d["error"]["kind"], "not_found", "{d:#}");
+    assert!(d["instance"].is_null(), "{d:#}");
+    assert_only_v1(&h, &v1);
+
+    // The htpasswd registry, with no credentials anywhere (DOCKER_CONFIG is empty).
+    let private = format!("{}/{}:v1", h.env.auth_registry, h.env.repository);
+    let d = h
+        .skipper(&[
+            "deploy",
+            &private,
+            "--project",
+            "private",
+            "--health-path",
+            "/health",
+        ])
+        .failed();
+    assert_eq!(d["error"]["step"], "pull", "{d:#}");
+    assert_eq!(d["error"]["kind"], "unauthorized", "{d:#}");
+    let message = d["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        !message.contains(&h.env.password),
+        "a secret leaked: {message}"
+    );
+    assert_only_v1(&h, &v1);
+}
+
+#[test]
+#[ignore = "needs docker engine"]
+fn rollback_serves_the_previous_version_again() {
+    let h = harness_or_skip!("rollback");
+    deploy_v1(&h);
+    let v2 = h.deploy("v2", &[]).succeeded();
+    assert_eq!(body(&address(&v2)), "v2");
+
+    let back = h
+        .skipper(&["rollback", "--project", "app", "--stage", "dev"])
+        .succeeded();
+    assert_eq!(back["trigger"], "rollback", "{back:#}");
+    assert_eq!(back["tag"], "v1", "{back:#}");
+    assert_eq!(back["replaced"], serde_json::json!([instance_id(&v2)]));
+    assert_eq!(body(&address(&back)), "v1");
+    assert_eq!(summary(&h.ps()), vec![running("v1", true)]);
+    let containers = h.containers();
+    assert_eq!(containers.len(), 1, "{containers:?}");
+    assert_eq!(containers[0].id, container_id(&back));
+}
+
+#[test]
+#[ignore = "needs docker engine"]
+fn rm_removes_the_container_and_the_record() {
+    let h = harness_or_skip!("rm");
+    let v1 = deploy_v1(&h);
+    let id = instance_id(&v1);
+    let run = h.skipper(&["rm", &id]);
+    assert_eq!(run.code, Some(0), "{:#} {}", run.json, run.stderr);
+    assert_eq!(run.json["action"], "removed");
+    assert_eq!(run.json["id"], id.as_str());
+    assert_eq!(h.containers(), vec![], "the container is gone");
+    assert_eq!(h.ps(), Vec::<Value>::new(), "the record is gone");
+    assert!(
+        http_get(&address(&v1), "/").is_err(),
+        "nothing answers any more"
+    );
+}
+
+#[test]
+#[ignore = "needs docker engine"]
+fn a_container_removed_by_hand_shows_as_missing() {
+    let h = harness_or_skip!("missing");
+    let v1 = deploy_v1(&h);
+    docker(&["rm", "-f", &container_id(&v1)]);
+    assert_eq!(h.containers(), vec![]);
+
+    let ps = h.ps();
+    assert_eq!(ps.len(), 1, "{ps:#?}");
+    assert_eq!(ps[0]["id"], instance_id(&v1).as_str());
+    assert_eq!(ps[0]["state"], "missing", "{:#}", ps[0]);
+
+    // The next deploy replaces the missing instance.
+    let v2 = h.deploy("v2", &[]).succeeded();
+    assert_eq!(body(&address(&v2)), "v2");
+    assert_eq!(summary(&h.ps()), vec![running("v2", true)]);
+}
+
+#[test]
+#[ignore = "needs docker engine"]
+fn kill_9_during_the_health_check_is_repaired_by_the_next_command() {
+    let h = harness_or_skip!("kill9");
+    let v1 = deploy_v1(&h);
+
+    let image = h.image("unhealthy");
+    let child = h
+        .command(&[
+            "deploy",
+            &image,
+            "--health-path",
+            "/health",
+            "--health-timeout",
+            "60s",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start skipper deploy");
+    let mut child = KillOnDrop(Some(child));
+    let seen = h.wait_containers(
+        Duration::from_secs(30),
+        "the new version's container running",
+        |list| {
+            list.iter()
+                .any(|c| c.tag == "unhealthy" && c.state == "running")
+        },
+    );
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    // Well inside the health wait (60s of 404s).
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        child.child().try_wait().unwrap().is_none(),
+        "the deploy is still waiting for health"
+    );
+    child.child().kill().expect("kill -9 the deploy");
+    child.child().wait().expect("reap it");
+    let killed = Instant::now();
+    assert_eq!(h.containers().len(), 2, "the orphan is still there");
+
+    // The dead process's stage lease (ttl 10s) expires; the next command repairs.
+    std::thread::sleep(Duration::from_secs(11).saturating_sub(killed.elapsed()));
+    assert_only_v1(&h, &v1);
+    let history = h.history();
+    assert_eq!(history[0]["tag"], "unhealthy");
+    assert_eq!(history[0]["status"], "failed", "{:#}", history[0]);
+    let message = history[0]["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("interrupted"), "{message}");
+}
+
+#[test]
+#[ignore = "needs docker engine"]
+fn concurrent_deploys_to_one_stage_take_turns() {
+    let h = harness_or_skip!("concurrent");
+    // The store exists already: two processes creating it at once is the next test's concern.
+    assert_eq!(h.ps(), Vec::<Value>::new());
+    let spawn = |tag: &str| {
+        let image = h.image(tag);
+        let args = [
+            "deploy",
+            image.as_str(),
+            "--health-path",
+            "/health",
+            "--max-instances",
+            "1",
+        ];
+        let child = h
+            .command(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start skipper deploy");
+        (args.map(str::to_owned), KillOnDrop(Some(child)))
+    };
+    let (a, b) = (spawn("v1"), spawn("v2"));
+    let finish = |(args, mut child): ([String; 6], KillOnDrop)| {
+        let out = child
+            .take()
+            .wait_with_output()
+            .expect("wait for skipper deploy");
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Run::from_output(&args, out).succeeded()
+    };
+    let (a, b) = (finish(a), finish(b));
+
+    let ps = h.ps();
+    assert_eq!(ps.len(), 1, "exactly one instance: {ps:#?}");
+    let (first, last) = if ps[0]["id"] == a["instance"]["id"] {
+        (&b, &a)
+    } else {
+        (&a, &b)
+    };
+    assert_eq!(ps[0]["id"], last["instance"]["id"], "{ps:#?}");
+    assert_eq!(
+        last["replaced"],
+        serde_json::json!([instance_id(first)]),
+        "the second deploy retired the first"
+    );
+    let containers = h.containers();
+    assert_eq!(containers.len(), 1, "{containers:?}");
+    assert_eq!(containers[0].state, "running");
+    assert_eq!(containers[0].id, container_id(last));
+    let tag = last["tag"].as_str().unwrap_or_default();
+    assert_eq!(body(&address(last)), tag);
+}
+
+#[test]
+#[ignore = "needs docker engine"]
+fn two_processes_can_create_the_store_at_once() {
+    let h = harness_or_skip!("newstore");
+    // The race is narrow: a few rounds, each on a new data directory.
+    for round in 0..8 {
+        let data = h.dir.path().join(format!("data-{round}"));
+        let start = || {
+            h.command(&["ps"])
+                .env("SKIPPER_DATA_DIR", &data)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .map(|c| KillOnDrop(Some(c)))
+                .expect("start skipper ps")
+        };
+        let (mut a, mut b) = (start(), start());
+        for child in [&mut a, &mut b] {
+            let out = child
+                .take()
+                .wait_with_output()
+                .expect("wait for skipper ps");
+            let run = Run::from_output(&["ps"], out);
+            assert_eq!(
+                (run.code, &run.json),
+                (Some(0), &serde_json::json!([])),
+                "round {round}: {}",
+                run.stderr
+            );
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs docker engine"]
+fn quick_deploy_takes_port_and_health_check_from_the_image() {
+    let h = harness_or_skip!("quick");
+    // No --port, no --health-path: EXPOSE 8080 and the image's HEALTHCHECK.
+    let image = h.image("healthcheck");
+    let d = h.skipper(&["deploy", &image]).succeeded();
+    assert_eq!(body(&address(&d)), "healthcheck", "port 8080 from EXPOSE");
+    let mentions_healthcheck = |d: &Value| {
+        d["steps"].as_array().is_some_and(|steps| {
+            steps.iter().any(|s| {
+                s["step"] == "health"
+                    && s["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("HEALTHCHECK"))
+            })
+        })
+    };
+    assert!(
+        mentions_healthcheck(&d),
+        "the health step names the Docker HEALTHCHECK: {d:#}"
+    );
+    let history = h.history();
+    assert!(mentions_healthcheck(&history[0]), "{:#}", history[0]);
+    let port = docker(&[
+        "inspect",
+        "-f",
+        "{{index .Config.Labels \"dev.skipper.port\"}}",
+        &container_id(&d),
+    ]);
+    assert_eq!(port.trim(), "8080");
+}
+
+#[test]
+#[ignore = "needs docker engine"]
+fn private_registry_credentials_come_from_the_config() {
+    let h = harness_or_skip!("private");
+    let (registry, user, password) = (&h.env.auth_registry, &h.env.user, &h.env.password);
+    h.write_config(&format!(
+        "registries:\n  \
+           private: {{ url: \"http://{registry}\", type: distribution, username: {user}, token: {password} }}\n\
+         projects:\n  \
+           app:\n    \
+             registry: private\n    \
+             image: {registry}/{repo}\n    \
+             port: 8080\n    \
+             healthcheck: /health\n    \
+             stages:\n      \
+               dev: {{ tag_pattern: \"*\" }}\n",
+        repo = h.env.repository
+    ));
+    let image = format!("{registry}/{}:v1", h.env.repository);
+    let d = h.skipper(&["deploy", &image]).succeeded();
+    assert_eq!(d["project"], "app");
+    assert!(
+        d["digest"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("sha256:")),
+        "{d:#}"
+    );
+    assert_eq!(body(&address(&d)), "v1");
+    let text = d.to_string();
+    assert!(!text.contains(password.as_str()), "a secret leaked: {text}");
+}
