@@ -616,12 +616,12 @@ impl Engine {
         }
         saga.deployment.replaced = saga.retired.iter().map(|i| i.id.clone()).collect();
         saga.deployment.status = DeployStatus::Succeeded;
-        saga.deployment.finished_at = Some(now);
         saga.deployment.log(
             Step::Record,
             StepStatus::Done,
             format!("{} is live", instance.id),
         );
+        saga.deployment.finished_at = Some(Utc::now());
         if let Err(e) = self.record(&saga.deployment).await {
             saga.deployment.status = DeployStatus::InProgress;
             saga.deployment.finished_at = None;

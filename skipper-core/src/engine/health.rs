@@ -65,11 +65,14 @@ impl Engine {
                         .await);
                 }
                 RunState::Restarting => {
+                    let code = info
+                        .exit_code
+                        .map_or(String::new(), |c| format!(" (it exited with code {c})"));
                     return Err(self
                         .unhealthy(
                             container,
                             container_id,
-                            "the container crashed and is restarting".into(),
+                            format!("the container crashed and is restarting{code}"),
                         )
                         .await);
                 }

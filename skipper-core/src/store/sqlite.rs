@@ -372,10 +372,26 @@ fn restrict_permissions(path: &Path) {
 }
 
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
-    // First, so that even switching to WAL waits for other processes instead of failing.
+    // First, so that statements wait for other processes instead of failing.
     conn.busy_timeout(BUSY_TIMEOUT)?;
-    let mode: String =
-        conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
+    // Switching a new database to WAL does not wait on the busy handler when another process
+    // is doing the same: retry with backoff, up to the busy timeout.
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    let mut delay = std::time::Duration::from_millis(5);
+    let mode: String = loop {
+        match conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0)) {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if matches!(
+                    e.code,
+                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                ) && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(std::time::Duration::from_millis(200));
+            }
+            other => break other?,
+        }
+    };
     if !mode.eq_ignore_ascii_case("wal") {
         tracing::warn!(journal_mode = %mode, "sqlite could not switch to WAL mode");
     }
