@@ -49,7 +49,7 @@ fn default_data_dir() -> PathBuf {
 }
 
 /// The config file: `--config`, else `./skipper.yaml` if present, else none.
-fn load_config(path: Option<&Path>) -> Result<Config> {
+pub(crate) fn load_config(path: Option<&Path>) -> Result<Config> {
     match path {
         Some(p) => Ok(Config::load(p)?),
         None if Path::new("skipper.yaml").exists() => Ok(Config::load(Path::new("skipper.yaml"))?),
@@ -159,8 +159,20 @@ fn npm_settings(
     Ok(Some((c, mode, env_nonempty("SKIPPER_NPM_UPSTREAM_HOST"))))
 }
 
+/// Registry clients for the config's `registries:` entries; any other registry gets a client on
+/// first use, with the credentials `docker pull` would use (or none).
+pub(crate) fn registries(config: &Config) -> Result<skipper_registry::Registries> {
+    Ok(skipper_registry::Registries::from_settings(
+        config.registries.values(),
+    )?)
+}
+
 /// Run the command; the exit code says whether it succeeded.
 pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
+    if let Command::Tags(args) = &cli.command {
+        // Only the registry: no Docker engine, no store.
+        return crate::tags::run(&cli, args).await;
+    }
     let app = build(&cli).await?;
     let json = cli.global.json;
     let engine = &app.engine;
@@ -236,6 +248,8 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Tags(args) => crate::tags::run(&cli, args).await,
+        Command::Watch(args) => crate::watch::run(&app, args, json).await,
         Command::Reconcile => {
             if json {
                 println!("{}", serde_json::to_value(&report)?);

@@ -63,6 +63,44 @@ pub(crate) enum Command {
     History(HistoryArgs),
     /// Repair the store against Docker and the proxy (every command does this first).
     Reconcile,
+    /// List a repository's tags, newest first (versions by semver), with their digests.
+    Tags(TagsArgs),
+    /// Poll the registry of every project and deploy new tags to `auto_deploy` stages (other
+    /// matching stages get a "new version available" notification).
+    Watch(WatchArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TagsArgs {
+    /// The repository, e.g. 127.0.0.1:5000/team/app (a tag, if given, is ignored).
+    pub(crate) repository: String,
+    /// Only tags matching this glob (`v*`, `dev-*`).
+    #[arg(long, default_value = "*")]
+    pub(crate) pattern: String,
+    /// Show (and resolve digests for) at most this many tags.
+    #[arg(long, short = 'n', default_value_t = 20)]
+    pub(crate) limit: usize,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "\
+The first poll of a repository records its tags as a baseline and deploys nothing, except the \
+newest matching tag to an auto_deploy stage that has no instance yet. Seen tags are kept in the \
+store, so a restart never redeploys old tags.
+
+With --once the exit code is 0 when no deploy failed, 1 when a deploy failed (it was rolled \
+back) or could not start, 2 when only polling failed (a registry unreachable or refusing). \
+Without --once, --json prints one JSON report per round, one per line.")]
+pub(crate) struct WatchArgs {
+    /// Time between polls. Default: the config's global.poll_interval (5m).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub(crate) interval: Option<std::time::Duration>,
+    /// Up to this much random extra time between polls. Default: a tenth of the interval.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub(crate) jitter: Option<std::time::Duration>,
+    /// Poll once, print the report and exit.
+    #[arg(long)]
+    pub(crate) once: bool,
 }
 
 #[derive(Debug, Args)]

@@ -7,6 +7,8 @@
 mod app;
 mod cli;
 mod output;
+mod tags;
+mod watch;
 
 use std::process::ExitCode;
 

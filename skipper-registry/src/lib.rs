@@ -14,6 +14,9 @@
 //! - [`select`] orders tags newest first (semver-aware) and diffs them against what was seen.
 //! - [`webhook`] turns push notifications (generic, distribution, Docker Hub, GitHub, Gitea)
 //!   into [`PushEvent`]s, verifying signatures in constant time.
+//! - [`watch`] detects new images: a [`Watcher`] polls every project's repository (or takes a
+//!   [`PushEvent`]), remembers the tags it saw in the store, and deploys new tags to
+//!   `auto_deploy` stages through the engine or announces them to the others.
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -51,6 +54,7 @@ mod docker_config;
 mod error;
 mod ratelimit;
 pub mod select;
+pub mod watch;
 pub mod webhook;
 
 pub use client::{
@@ -62,4 +66,5 @@ pub use docker_config::{
 pub use error::{BoxError, RegistryError, Result};
 pub use ratelimit::RateLimitPolicy;
 pub use select::{ChangedTag, ObservedTag, TagDiff, diff_tags, newest_tag, select_tags};
+pub use watch::{Registries, WatchReport, WatchSettings, Watcher};
 pub use webhook::{PushEvent, WebhookError, WebhookSource};

@@ -504,6 +504,12 @@ impl Engine {
         })
     }
 
+    /// Deliver an event from outside the engine (a registry watcher's "new version available")
+    /// to every notifier, each within `notify_timeout`. Failures are logged, never returned.
+    pub async fn announce(&self, event: Event) {
+        self.notify(event).await;
+    }
+
     /// Deliver an event to every notifier; failures are logged, never returned.
     async fn notify(&self, event: Event) {
         for n in &self.inner.notifiers {

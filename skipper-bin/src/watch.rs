@@ -1,0 +1,143 @@
+//! `skipper watch`: poll the registries and deploy new tags (the rules are
+//! `skipper_registry::watch`'s).
+
+use std::collections::BTreeSet;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Result;
+use skipper_core::DeployStatus;
+use skipper_registry::{WatchReport, WatchSettings, Watcher};
+
+use crate::app::{self, App};
+use crate::cli::WatchArgs;
+
+/// Poll once (`--once`) or until Ctrl-C / SIGTERM.
+pub(crate) async fn run(app: &App, args: &WatchArgs, json: bool) -> Result<ExitCode> {
+    let registries = Arc::new(app::registries(&app.config)?);
+    // With a config file that names projects, watch those; otherwise every project in the store.
+    let projects = (!app.config.projects.is_empty())
+        .then(|| app.config.projects.keys().cloned().collect::<BTreeSet<_>>());
+    let settings = WatchSettings {
+        projects,
+        ..WatchSettings::default()
+    };
+    let watcher = Watcher::with_settings(app.engine.clone(), registries, settings);
+
+    if args.once {
+        let report = watcher.run_once().await?;
+        print_report(&report, json);
+        return Ok(exit_code(&report));
+    }
+
+    let interval = args.interval.unwrap_or(app.config.global.poll_interval);
+    let jitter = args.jitter.unwrap_or(interval / 10);
+    if !json {
+        eprintln!(
+            "watching every {} (Ctrl-C stops)",
+            humantime::format_duration(interval)
+        );
+    }
+    watcher
+        .run_with(interval, jitter, shutdown_signal(), |report| {
+            if json {
+                print_report(report, true);
+            } else if !report.is_quiet() || !report.skipped.is_empty() {
+                print_report(report, false);
+            }
+        })
+        .await;
+    // Let a deploy in flight finish (or roll back) before exiting.
+    app.engine.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// 0: no deploy failed; 1: a deploy failed or could not start; 2: only polling failed.
+fn exit_code(report: &WatchReport) -> ExitCode {
+    if report.deploy_failed() {
+        ExitCode::from(1)
+    } else if !report.errors.is_empty() {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// The report as one JSON line, or as lines for a person.
+fn print_report(report: &WatchReport, json: bool) {
+    if json {
+        match serde_json::to_string(report) {
+            Ok(line) => println!("{line}"),
+            Err(e) => eprintln!("error: cannot serialise the report: {e}"),
+        }
+        return;
+    }
+    for p in &report.polled {
+        let what = if p.baseline {
+            "first poll, baseline recorded".to_owned()
+        } else {
+            format!("{} new, {} re-pushed", p.new, p.repushed)
+        };
+        println!(
+            "polled {} ({}): {} tags, {what}",
+            p.repository,
+            p.projects.join(", "),
+            p.tags
+        );
+    }
+    for d in &report.deployed {
+        match d.status {
+            DeployStatus::Succeeded => println!(
+                "deployed {}/{} {} ({}), deployment {}",
+                d.project, d.stage, d.tag, d.change, d.deployment_id
+            ),
+            _ => println!(
+                "deploy FAILED {}/{} {} ({}), rolled back, deployment {}: {}",
+                d.project,
+                d.stage,
+                d.tag,
+                d.change,
+                d.deployment_id,
+                d.error.as_deref().unwrap_or("unknown error")
+            ),
+        }
+    }
+    for a in &report.announced {
+        println!(
+            "announced {}/{} {} ({}): {}",
+            a.project, a.stage, a.tag, a.change, a.reason
+        );
+    }
+    for s in &report.skipped {
+        let at = match (&s.stage, &s.tag) {
+            (Some(stage), Some(tag)) => format!("{}/{stage} {tag}", s.project),
+            (Some(stage), None) => format!("{}/{stage}", s.project),
+            (None, Some(tag)) => format!("{} {tag}", s.project),
+            (None, None) => s.project.clone(),
+        };
+        println!("skipped {at}: {}", s.reason);
+    }
+    for e in &report.errors {
+        let at = match (&e.stage, &e.tag) {
+            (Some(stage), Some(tag)) => format!("{}/{stage} {tag}", e.project),
+            _ => e.project.clone(),
+        };
+        println!("error {at}: {} ({})", e.message, e.kind);
+    }
+    println!("{}", report.summary());
+}
