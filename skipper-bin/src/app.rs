@@ -65,6 +65,8 @@ fn env_nonempty(key: &str) -> Option<String> {
 pub(crate) struct App {
     pub(crate) engine: Engine,
     pub(crate) config: Config,
+    /// The NPM client when routing through Nginx Proxy Manager, to check it before a deploy.
+    pub(crate) npm: Option<Arc<skipper_npm::NpmClient>>,
 }
 
 /// Build the engine: Docker, SQLite in the data directory, NPM and the webhook notifier when
@@ -107,10 +109,14 @@ pub(crate) async fn build(cli: &Cli) -> Result<App> {
         ..EngineSettings::default()
     };
     let mut builder = Engine::builder(Arc::new(runtime), Arc::new(store)).settings(settings);
-    if let Some((npm_config, _, _)) = npm {
-        let client = skipper_npm::NpmClient::new(npm_config)?;
-        builder = builder.proxy(Arc::new(client));
-    }
+    let npm = match npm {
+        Some((npm_config, _, _)) => {
+            let client = Arc::new(skipper_npm::NpmClient::new(npm_config)?);
+            builder = builder.proxy(client.clone());
+            Some(client)
+        }
+        None => None,
+    };
     if let Some(url) = &config.global.notification_url {
         builder = builder.notifier(Arc::new(WebhookNotifier::new(url.clone())?));
     }
@@ -130,7 +136,11 @@ pub(crate) async fn build(cli: &Cli) -> Result<App> {
     for p in config.projects.values() {
         engine.put_project(p).await?;
     }
-    Ok(App { engine, config })
+    Ok(App {
+        engine,
+        config,
+        npm,
+    })
 }
 
 /// NPM from the config's `npm:` section, or `SKIPPER_NPM_URL` / `_EMAIL` / `_PASSWORD`.
@@ -335,7 +345,16 @@ async fn deploy(app: &App, args: &DeployArgs, json: bool) -> Result<ExitCode> {
         .clone()
         .unwrap_or_else(|| project_from_image(&image));
     let started = Instant::now();
-    let project = match resolve_project(app, args, &image, &project_name).await {
+    let checked = async {
+        // Fail fast on wrong NPM credentials, before pulling and starting anything.
+        if let Some(npm) = &app.npm {
+            npm.check()
+                .await
+                .context("cannot log in to Nginx Proxy Manager")?;
+        }
+        resolve_project(app, args, &image, &project_name).await
+    };
+    let project = match checked.await {
         Ok(p) => p,
         Err(e) if json => {
             let err = skipper_core::Error::rejected(format!("{e:#}"));
