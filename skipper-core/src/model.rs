@@ -680,6 +680,30 @@ pub struct Event {
     pub at: Timestamp,
 }
 
+impl Event {
+    /// An event about a deployment: project, stage, image, deployment and instance filled in
+    /// from it; no URL.
+    pub fn for_deployment(kind: EventKind, d: &Deployment, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            project: d.project.clone(),
+            stage: d.stage.clone(),
+            image: Some(d.image.clone()),
+            deployment_id: Some(d.id.clone()),
+            instance_id: d.instance_id.clone(),
+            url: None,
+            message: message.into(),
+            at: Utc::now(),
+        }
+    }
+
+    /// The same event with a URL.
+    pub fn with_url(mut self, url: Option<String>) -> Self {
+        self.url = url;
+        self
+    }
+}
+
 /// A tag seen in a registry (what the watcher remembers so a restart never redeploys old tags).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SeenTag {

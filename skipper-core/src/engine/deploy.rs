@@ -673,23 +673,14 @@ impl Engine {
         let d = saga.deployment;
         tracing::info!(deployment = %d.id, instance = %instance.id, replaced = ?d.replaced, "deploy succeeded");
         let url = self.url_of(&saga.project, &saga.stage, &instance);
-        self.notify(Event {
-            kind: EventKind::DeploySucceeded,
-            project: d.project.clone(),
-            stage: d.stage.clone(),
-            image: Some(d.image.clone()),
-            deployment_id: Some(d.id.clone()),
-            instance_id: Some(instance.id.clone()),
-            url,
-            message: format!(
-                "{} is live in {}/{}",
-                d.image.familiar(),
-                d.project,
-                d.stage
-            ),
-            at: Utc::now(),
-        })
-        .await;
+        let message = format!(
+            "{} is live in {}/{}",
+            d.image.familiar(),
+            d.project,
+            d.stage
+        );
+        self.notify(Event::for_deployment(EventKind::DeploySucceeded, &d, message).with_url(url))
+            .await;
         d
     }
 
@@ -730,24 +721,15 @@ impl Engine {
         if let Err(e) = self.record(d).await {
             tracing::error!(deployment = %d.id, error = %e, "could not record the failed deployment; reconcile marks it");
         }
-        self.notify(Event {
-            kind: EventKind::DeployFailed,
-            project: d.project.clone(),
-            stage: d.stage.clone(),
-            image: Some(d.image.clone()),
-            deployment_id: Some(d.id.clone()),
-            instance_id: d.instance_id.clone(),
-            url: None,
-            message: format!(
-                "deploy of {} to {}/{} failed at {step}: {}; the previous version keeps serving",
-                d.image.familiar(),
-                d.project,
-                d.stage,
-                error.chain()
-            ),
-            at: Utc::now(),
-        })
-        .await;
+        let message = format!(
+            "deploy of {} to {}/{} failed at {step}: {}; the previous version keeps serving",
+            d.image.familiar(),
+            d.project,
+            d.stage,
+            error.chain()
+        );
+        self.notify(Event::for_deployment(EventKind::DeployFailed, d, message))
+            .await;
         saga.deployment
     }
 

@@ -394,18 +394,10 @@ impl Engine {
             format!("{} is active again", to.id),
         );
         store.put_deployment(&d).await?;
-        self.notify(Event {
-            kind: EventKind::RolledBack,
-            project: project.name.clone(),
-            stage: stage.name.clone(),
-            image: Some(image.clone()),
-            deployment_id: Some(d.id.clone()),
-            instance_id: Some(to.id.clone()),
-            url: self.url_of(project, stage, to),
-            message: format!("{}/{} rolled back to {}", project.name, stage.name, to.tag),
-            at: Utc::now(),
-        })
-        .await;
+        let message = format!("{}/{} rolled back to {}", project.name, stage.name, to.tag);
+        let url = self.url_of(project, stage, to);
+        self.notify(Event::for_deployment(EventKind::RolledBack, &d, message).with_url(url))
+            .await;
         Ok(d)
     }
 }
