@@ -483,6 +483,20 @@ impl Engine {
         sel
     }
 
+    /// Only the containers of this engine's scope. A label filter can require a scope but not
+    /// its absence, so an unscoped engine must drop scoped containers itself, or it would take
+    /// another engine's containers for orphans.
+    fn in_scope(
+        &self,
+        containers: Vec<crate::backend::ContainerInfo>,
+    ) -> Vec<crate::backend::ContainerInfo> {
+        let ours = self.inner.settings.scope.as_deref();
+        containers
+            .into_iter()
+            .filter(|c| c.labels.get(labels::SCOPE).map(String::as_str) == ours)
+            .collect()
+    }
+
     /// Credentials for a project's registry: those given to the builder, else the store's
     /// (`registry/<name>` secret and `registry/<name>/username` setting), else none (the runtime
     /// may fall back to the user's Docker config).

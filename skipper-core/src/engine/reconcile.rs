@@ -86,6 +86,7 @@ impl Engine {
             self.inner.runtime.list_containers(&self.managed_selector()),
         )
         .await?;
+        let containers = self.in_scope(containers);
         let mut stages: BTreeSet<(String, String)> = projects
             .values()
             .flat_map(|p| p.stages.keys().map(|s| (p.name.clone(), s.clone())))
@@ -165,6 +166,7 @@ impl Engine {
             rt.list_containers(&selector),
         )
         .await?;
+        let containers = self.in_scope(containers);
         let filter = InstanceFilter {
             project: Some(project.name.clone()),
             stage: Some(stage.name.clone()),

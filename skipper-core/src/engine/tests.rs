@@ -921,3 +921,34 @@ async fn image_labels_give_port_and_health_path() {
         d.steps
     );
 }
+
+/// An unscoped engine never touches the containers of a scoped one on the same host (and the
+/// other way round).
+#[tokio::test(start_paused = true)]
+async fn engines_in_other_scopes_are_left_alone() {
+    let h = harness(1).await;
+    let scoped = Engine::builder(h.rt.clone(), Arc::new(MemoryStore::new()))
+        .settings(EngineSettings {
+            scope: Some("tenant-a".into()),
+            ..settings()
+        })
+        .build();
+    scoped.put_project(&project(1)).await.unwrap();
+    let d = scoped
+        .deploy(DeployRequest::new("web", "dev", image("v1")))
+        .await
+        .unwrap();
+    assert_eq!(d.status, DeployStatus::Succeeded);
+    assert_eq!(h.rt.containers()[0].labels[labels::SCOPE], "tenant-a");
+    // The unscoped engine's store knows nothing of it, yet it must not call it an orphan.
+    let r = h.engine.reconcile().await.unwrap();
+    assert!(r.removed_containers.is_empty() && r.adopted.is_empty(), "{r:?}");
+    h.deploy("dev", "v2").await;
+    assert_eq!(h.rt.running().len(), 2);
+    let r = scoped.reconcile().await.unwrap();
+    assert!(
+        r.removed_containers.is_empty() && r.adopted.is_empty(),
+        "{r:?}"
+    );
+    assert_eq!(h.rt.running().len(), 2);
+}
