@@ -13,163 +13,30 @@
 //! (written by `scripts/test-env.sh`; `SKIPPER_TEST_ENV_FILE` overrides the path). Without a
 //! reachable engine or that file each test is skipped with a message, unless `CI=true`, where
 //! that is a failure. Everything a test creates carries its scope label and is removed when the
-//! test ends, failed or not.
+//! test ends, failed or not. The harness shared with the other Docker tests is in `tests/common/`.
 
-use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
+mod common;
+
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use common::KillOnDrop;
+use common::bin::{Run, World};
+use common::docker::{Scope, docker};
+use common::env::TestEnv;
+use common::http::{body, http_get};
+
 // ---------------------------------------------------------------------------------------------
 // Harness
 
-/// The label every container and network of a scoped engine carries.
-const SCOPE_LABEL: &str = "dev.skipper.scope";
-
-/// The `skipper` binary: `SKIPPER_BIN`, else built once next to this test's own executable
-/// (`<target>/<profile>/deps/cli_docker-*` → `<target>/<profile>/skipper`).
-fn skipper_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(bin) = std::env::var_os("SKIPPER_BIN").filter(|b| !b.is_empty()) {
-            return PathBuf::from(bin);
-        }
-        let exe = std::env::current_exe().expect("the test executable's path");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("the test executable sits in <target>/<profile>/deps");
-        let target_dir = profile_dir.parent().expect("<target>/<profile>");
-        // The profile this test was built with: `target/debug` is `dev`, others keep their name.
-        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-            Some("debug") | None => "dev",
-            Some(name) => name,
-        };
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--quiet", "-p", "skipper-bin", "--bin", "skipper"])
-            .args(["--profile", profile])
-            .arg("--target-dir")
-            .arg(target_dir)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "cargo build of the skipper binary failed");
-        let bin = profile_dir.join("skipper");
-        assert!(bin.exists(), "no binary at {}", bin.display());
-        bin
-    })
-}
-
-/// Where the registries of `scripts/test-env.sh` are.
-struct TestEnv {
-    registry: String,
-    auth_registry: String,
-    user: String,
-    password: String,
-    repository: String,
-}
-
-impl TestEnv {
-    /// `Err` says what is missing.
-    fn load() -> Result<Self, String> {
-        let path = std::env::var("SKIPPER_TEST_ENV_FILE")
-            .unwrap_or_else(|_| format!("{}/target/test-env/env.sh", env!("CARGO_MANIFEST_DIR")));
-        let mut vars: HashMap<String, String> = std::fs::read_to_string(&path)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|line| {
-                let line = line.trim();
-                let line = line.strip_prefix("export ").unwrap_or(line);
-                let (k, v) = line.split_once('=')?;
-                (!k.starts_with('#')).then(|| (k.to_owned(), v.trim_matches('"').to_owned()))
-            })
-            .collect();
-        vars.extend(std::env::vars().filter(|(k, _)| k.starts_with("SKIPPER_TEST_")));
-        let get = |k: &str| vars.get(k).filter(|v| !v.is_empty()).cloned();
-        let (Some(registry), Some(auth_registry)) = (
-            get("SKIPPER_TEST_REGISTRY"),
-            get("SKIPPER_TEST_AUTH_REGISTRY"),
-        ) else {
-            return Err(format!(
-                "the test environment is not set up: run scripts/test-env.sh \
-                 (no SKIPPER_TEST_REGISTRY in the environment or in {path})"
-            ));
-        };
-        Ok(Self {
-            registry,
-            auth_registry,
-            user: get("SKIPPER_TEST_AUTH_USER").unwrap_or_else(|| "skipper".into()),
-            password: get("SKIPPER_TEST_AUTH_PASSWORD").unwrap_or_else(|| "skipper-pass".into()),
-            repository: get("SKIPPER_TEST_REPOSITORY").unwrap_or_else(|| "team/app".into()),
-        })
-    }
-}
-
-/// One test's world: a scope, a network, a data directory, a config file. Dropping it removes
-/// every container and network with the scope's label, also when the test panics.
+/// One test's world (a scope, a network, a data directory, a config file) and the registries.
+/// Dropping it removes every container and network with the scope's label, also when the test
+/// panics.
 struct Harness {
-    scope: String,
-    network: String,
     env: TestEnv,
-    dir: tempfile::TempDir,
-    docker_config: tempfile::TempDir,
-}
-
-/// A finished `skipper ... --json`.
-#[derive(Debug)]
-struct Run {
-    code: Option<i32>,
-    json: Value,
-    stderr: String,
-}
-
-impl Run {
-    fn from_output(args: &[&str], out: Output) -> Self {
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        let json = serde_json::from_str(&stdout).unwrap_or_else(|e| {
-            panic!(
-                "skipper {args:?}: stdout is not one JSON document ({e}); exit {:?}\n\
-                 stdout: {stdout}\nstderr: {stderr}",
-                out.status.code()
-            )
-        });
-        Self {
-            code: out.status.code(),
-            json,
-            stderr,
-        }
-    }
-
-    /// The deploy succeeded (exit 0, status `succeeded`).
-    fn succeeded(self) -> Value {
-        assert_eq!(
-            (self.code, self.json["status"].as_str()),
-            (Some(0), Some("succeeded")),
-            "{:#}\nstderr: {}",
-            self.json,
-            self.stderr
-        );
-        self.json
-    }
-
-    /// The deploy failed (non-zero exit, status `failed`).
-    fn failed(self) -> Value {
-        assert!(
-            self.code != Some(0) && self.json["status"] == "failed",
-            "expected a failed deploy, got exit {:?}: {:#}\nstderr: {}",
-            self.code,
-            self.json,
-            self.stderr
-        );
-        self.json
-    }
+    world: World,
 }
 
 /// A container of the test's scope, as `docker ps -a` shows it.
@@ -180,88 +47,28 @@ struct Container {
     tag: String,
 }
 
-fn ci() -> bool {
-    std::env::var("CI").as_deref() == Ok("true")
-}
-
 impl Harness {
     /// `None` (after saying why) when the engine or the test environment is missing and this is
     /// not CI.
     fn new(test: &str) -> Option<Self> {
-        let skip = |why: String| {
-            assert!(!ci(), "CI=true and {why}");
-            eprintln!("skipping {test}: {why}");
-            None
-        };
-        match Command::new("docker")
-            .args(["info", "--format", "{{.ServerVersion}}"])
-            .output()
-        {
-            Ok(o) if o.status.success() => {}
-            Ok(o) => {
-                return skip(format!(
-                    "the Docker engine is unreachable: {}",
-                    String::from_utf8_lossy(&o.stderr).trim()
-                ));
-            }
-            Err(e) => return skip(format!("the docker CLI cannot run: {e}")),
-        }
-        let env = match TestEnv::load() {
-            Ok(env) => env,
-            Err(why) => return skip(why),
-        };
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock after 1970")
-            .subsec_nanos();
-        let scope = format!("cli-{test}-{}-{nanos:x}", std::process::id());
+        let env = common::env_or_skip(test, TestEnv::load_with_auth)?;
         let h = Self {
-            network: format!("skipper-test-{scope}"),
-            scope,
             env,
-            dir: tempfile::tempdir().expect("temp dir"),
-            docker_config: tempfile::tempdir().expect("temp dir"),
+            world: World::new(Scope::new(&format!("cli-{test}"))),
         };
-        h.write_config("");
-        skipper_bin();
+        common::bin::skipper_bin();
         Some(h)
-    }
-
-    fn config_path(&self) -> PathBuf {
-        self.dir.path().join("skipper.yaml")
-    }
-
-    /// Write the config file: the test's own network, plus `rest` (top-level YAML sections).
-    fn write_config(&self, rest: &str) {
-        let text = format!("global:\n  network: {}\n{rest}", self.network);
-        std::fs::write(self.config_path(), text).expect("write the config file");
     }
 
     /// `<open registry>/team/app:<tag>`.
     fn image(&self, tag: &str) -> String {
-        format!("{}/{}:{tag}", self.env.registry, self.env.repository)
-    }
-
-    /// `skipper <args> --json`, not yet started.
-    fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(skipper_bin());
-        c.args(args)
-            .arg("--json")
-            .env("SKIPPER_DATA_DIR", self.dir.path().join("data"))
-            .env("SKIPPER_CONFIG", self.config_path())
-            .env("SKIPPER_SCOPE", &self.scope)
-            .env("SKIPPER_STOP_GRACE", "1s")
-            .env("DOCKER_CONFIG", self.docker_config.path())
-            .env_remove("SKIPPER_NPM_URL")
-            .env_remove("SKIPPER_SECRET_KEY")
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null());
-        c
+        self.env.image(tag)
     }
 
     /// Run `skipper <args> --json` to the end.
     fn skipper(&self, args: &[&str]) -> Run {
         let out = self
+            .world
             .command(args)
             .output()
             .unwrap_or_else(|e| panic!("run skipper {args:?}: {e}"));
@@ -300,7 +107,7 @@ impl Harness {
             "-a",
             "--no-trunc",
             "--filter",
-            &format!("label={SCOPE_LABEL}={}", self.scope),
+            &self.world.scope.filter(),
             "--format",
             "{{.ID}}\t{{.State}}\t{{.Label \"dev.skipper.tag\"}}",
         ]);
@@ -335,92 +142,6 @@ impl Harness {
             );
             std::thread::sleep(Duration::from_millis(200));
         }
-    }
-}
-
-impl Drop for Harness {
-    fn drop(&mut self) {
-        let filter = format!("label={SCOPE_LABEL}={}", self.scope);
-        let containers = docker(&["ps", "-aq", "--filter", &filter]);
-        let containers: Vec<&str> = containers.split_whitespace().collect();
-        if !containers.is_empty() {
-            let _ = Command::new("docker")
-                .args(["rm", "-f"])
-                .args(&containers)
-                .output();
-        }
-        let networks = docker(&["network", "ls", "-q", "--filter", &filter]);
-        let networks: Vec<&str> = networks.split_whitespace().collect();
-        if !networks.is_empty() {
-            let _ = Command::new("docker")
-                .args(["network", "rm"])
-                .args(&networks)
-                .output();
-        }
-    }
-}
-
-/// A child process killed (SIGKILL) and reaped when dropped, unless taken back.
-struct KillOnDrop(Option<Child>);
-
-impl KillOnDrop {
-    fn child(&mut self) -> &mut Child {
-        self.0.as_mut().expect("not taken")
-    }
-
-    fn take(&mut self) -> Child {
-        self.0.take().expect("not taken")
-    }
-}
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// Run the docker CLI; its stdout ("" when it fails).
-fn docker(args: &[&str]) -> String {
-    Command::new("docker")
-        .args(args)
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default()
-}
-
-/// `GET path` from `address` (`127.0.0.1:PORT`): the status and the body.
-fn http_get(address: &str, path: &str) -> std::io::Result<(u16, String)> {
-    let timeout = Duration::from_secs(5);
-    let addr = address
-        .parse()
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
-    s.set_read_timeout(Some(timeout))?;
-    s.set_write_timeout(Some(timeout))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.0\r\nHost: {address}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {head:?}")))?;
-    Ok((status, body.to_owned()))
-}
-
-/// The body of `GET /` at `address`, which must answer 200.
-fn body(address: &str) -> String {
-    match http_get(address, "/") {
-        Ok((200, body)) => body.trim().to_owned(),
-        other => panic!("GET / at {address}: {other:?}"),
     }
 }
 
@@ -490,10 +211,7 @@ fn assert_only_v1(h: &Harness, v1: &Value) {
 
 macro_rules! harness_or_skip {
     ($test:expr) => {
-        match Harness::new($test) {
-            Some(h) => h,
-            None => return,
-        }
+        common::or_skip!(Harness::new($test))
     };
 }
 
@@ -672,7 +390,7 @@ fn pull_failures_leave_no_container() {
     assert_only_v1(&h, &v1);
 
     // The htpasswd registry, with no credentials anywhere (DOCKER_CONFIG is empty).
-    let private = format!("{}/{}:v1", h.env.auth_registry, h.env.repository);
+    let private = h.env.auth_image("v1");
     let d = h
         .skipper(&[
             "deploy",
@@ -759,6 +477,7 @@ fn kill_9_during_the_health_check_is_repaired_by_the_next_command() {
 
     let image = h.image("unhealthy");
     let child = h
+        .world
         .command(&[
             "deploy",
             &image,
@@ -819,6 +538,7 @@ fn concurrent_deploys_to_one_stage_take_turns() {
             "1",
         ];
         let child = h
+            .world
             .command(&args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -864,9 +584,10 @@ fn two_processes_can_create_the_store_at_once() {
     let h = harness_or_skip!("newstore");
     // The race is narrow: a few rounds, each on a new data directory.
     for round in 0..8 {
-        let data = h.dir.path().join(format!("data-{round}"));
+        let data = h.world.dir.path().join(format!("data-{round}"));
         let start = || {
-            h.command(&["ps"])
+            h.world
+                .command(&["ps"])
                 .env("SKIPPER_DATA_DIR", &data)
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
@@ -928,8 +649,8 @@ fn quick_deploy_takes_port_and_health_check_from_the_image() {
 #[ignore = "needs docker engine"]
 fn private_registry_credentials_come_from_the_config() {
     let h = harness_or_skip!("private");
-    let (registry, user, password) = (&h.env.auth_registry, &h.env.user, &h.env.password);
-    h.write_config(&format!(
+    let (registry, user, password) = (h.env.auth_registry(), &h.env.user, &h.env.password);
+    h.world.write_config(&format!(
         "registries:\n  \
            private: {{ url: \"http://{registry}\", type: distribution, username: {user}, token: {password} }}\n\
          projects:\n  \

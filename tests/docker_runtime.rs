@@ -9,9 +9,11 @@
 //! engine each test is skipped with a message, unless `CI=true`, where that is a failure.
 //!
 //! Every test labels what it creates with its own `dev.skipper.scope` and removes it on drop,
-//! failed or not.
+//! failed or not. The harness shared with the other Docker tests is in `tests/common/`.
 
-use std::collections::{BTreeMap, HashMap};
+mod common;
+
+use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -22,77 +24,16 @@ use skipper_core::{
     ContainerInfo, ContainerSpec, Credentials, ErrorKind, HealthStatus, ImageRef, RunState, Runtime,
 };
 
+use common::docker::Scope;
+use common::env::TestEnv;
+
 // ---------------------------------------------------------------------------------------------
 // Harness
 
-/// Where the registries of `scripts/test-env.sh` are.
-struct TestEnv {
-    registry: String,
-    auth_registry: String,
-    user: String,
-    password: String,
-    repository: String,
-    vars: HashMap<String, String>,
-}
-
-impl TestEnv {
-    fn load() -> Self {
-        let path = std::env::var("SKIPPER_TEST_ENV_FILE")
-            .unwrap_or_else(|_| format!("{}/target/test-env/env.sh", env!("CARGO_MANIFEST_DIR")));
-        let mut vars: HashMap<String, String> = std::fs::read_to_string(&path)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|line| {
-                let line = line.trim();
-                let line = line.strip_prefix("export ").unwrap_or(line);
-                let (k, v) = line.split_once('=')?;
-                (!k.starts_with('#')).then(|| (k.to_owned(), v.trim_matches('"').to_owned()))
-            })
-            .collect();
-        for (k, v) in std::env::vars() {
-            if k.starts_with("SKIPPER_TEST_") {
-                vars.insert(k, v);
-            }
-        }
-        let get = |k: &str| vars.get(k).filter(|v| !v.is_empty()).cloned();
-        let (Some(registry), Some(auth_registry)) = (
-            get("SKIPPER_TEST_REGISTRY"),
-            get("SKIPPER_TEST_AUTH_REGISTRY"),
-        ) else {
-            panic!(
-                "the test registries are not set up: run scripts/test-env.sh first \
-                 (looked for SKIPPER_TEST_REGISTRY in the environment and in {path})"
-            );
-        };
-        Self {
-            registry,
-            auth_registry,
-            user: get("SKIPPER_TEST_AUTH_USER").unwrap_or_else(|| "skipper".into()),
-            password: get("SKIPPER_TEST_AUTH_PASSWORD").unwrap_or_else(|| "skipper-pass".into()),
-            repository: get("SKIPPER_TEST_REPOSITORY").unwrap_or_else(|| "team/app".into()),
-            vars,
-        }
-    }
-
-    fn image(&self, variant: &str) -> ImageRef {
-        ImageRef::parse(&format!("{}/{}:{variant}", self.registry, self.repository)).unwrap()
-    }
-
-    fn auth_image(&self, variant: &str) -> ImageRef {
-        ImageRef::parse(&format!(
-            "{}/{}:{variant}",
-            self.auth_registry, self.repository
-        ))
-        .unwrap()
-    }
-
-    /// The digest the script's push reported for `variant`, if it recorded one.
-    fn digest(&self, variant: &str) -> Option<&str> {
-        self.vars
-            .get(&format!("SKIPPER_TEST_DIGEST_{}", variant.to_uppercase()))
-            .map(String::as_str)
-            .filter(|d| !d.is_empty())
-    }
+/// Where the registries of `scripts/test-env.sh` are; panics when they are not set up (the
+/// engine is, or the test would have been skipped).
+fn test_env() -> TestEnv {
+    TestEnv::load_with_auth().unwrap_or_else(|why| panic!("{why}"))
 }
 
 /// A local test image (built by the script, never pulled).
@@ -100,83 +41,14 @@ fn local(variant: &str) -> ImageRef {
     ImageRef::parse(&format!("skipper-test/app:{variant}")).unwrap()
 }
 
-/// Owns everything labelled `dev.skipper.scope=<name>`: removes those containers and networks when
-/// dropped, also when the test panics.
-struct Scope {
-    name: String,
-}
-
-impl Scope {
-    fn new(test: &str) -> Self {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        Self {
-            name: format!("{test}-{}-{nanos:x}", std::process::id()),
-        }
-    }
-
-    /// A network name owned by this scope.
-    fn network(&self) -> String {
-        format!("skipper-test-{}", self.name)
-    }
-
-    /// A container name owned by this scope.
-    fn container(&self, suffix: &str) -> String {
-        format!("skipper-test-{}-{suffix}", self.name)
-    }
-}
-
-impl Drop for Scope {
-    fn drop(&mut self) {
-        let filter = format!("label={}={}", labels::SCOPE, self.name);
-        let cleanup = move || {
-            let ids = |args: &[&str]| -> Vec<String> {
-                Command::new("docker")
-                    .args(args)
-                    .output()
-                    .map(|o| {
-                        String::from_utf8_lossy(&o.stdout)
-                            .split_whitespace()
-                            .map(str::to_owned)
-                            .collect()
-                    })
-                    .unwrap_or_default()
-            };
-            let containers = ids(&["ps", "-aq", "--filter", &filter]);
-            if !containers.is_empty() {
-                let _ = Command::new("docker")
-                    .args(["rm", "-f"])
-                    .args(&containers)
-                    .output();
-            }
-            let networks = ids(&["network", "ls", "-q", "--filter", &filter]);
-            if !networks.is_empty() {
-                let _ = Command::new("docker")
-                    .args(["network", "rm"])
-                    .args(&networks)
-                    .output();
-            }
-        };
-        // Blocking work off the async test's thread.
-        let _ = std::thread::spawn(cleanup).join();
-    }
-}
-
 /// A runtime confined to `scope`, or `None` (after saying so) when no engine is reachable and
 /// this is not CI.
 async fn runtime(scope: &Scope) -> Option<DockerRuntime> {
     match DockerRuntime::connect().await {
         Ok(rt) => Some(rt.with_scope(scope.name.clone())),
-        Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!(
-                "CI=true and the Docker engine is unreachable: {}",
-                e.chain()
-            )
-        }
         Err(e) => {
-            eprintln!("skipping: {}", e.chain());
+            let why = format!("the Docker engine is unreachable: {}", e.chain());
+            common::skip(&scope.name, &why);
             None
         }
     }
@@ -184,10 +56,7 @@ async fn runtime(scope: &Scope) -> Option<DockerRuntime> {
 
 macro_rules! runtime_or_skip {
     ($scope:expr) => {
-        match runtime(&$scope).await {
-            Some(rt) => rt,
-            None => return,
-        }
+        common::or_skip!(runtime(&$scope).await)
     };
 }
 
@@ -200,7 +69,7 @@ fn untag(image: &ImageRef) {
 
 fn spec(scope: &Scope, suffix: &str, image: ImageRef) -> ContainerSpec {
     ContainerSpec {
-        name: scope.container(suffix),
+        name: format!("skipper-test-{}-{suffix}", scope.name),
         image,
         env: BTreeMap::from([("SKIPPER_TEST".into(), "1".into())]),
         labels: BTreeMap::from([
@@ -246,8 +115,8 @@ const GRACE: Duration = Duration::from_secs(1);
 async fn pull_from_open_registry_reports_progress_and_digest() {
     let scope = Scope::new("pull-open");
     let rt = runtime_or_skip!(scope);
-    let env = TestEnv::load();
-    let image = env.image("v1");
+    let env = test_env();
+    let image = ImageRef::parse(&env.image("v1")).unwrap();
     untag(&image);
     assert!(!rt.has_image(&image).await.unwrap());
 
@@ -283,9 +152,13 @@ async fn pull_from_open_registry_reports_progress_and_digest() {
 async fn pull_of_a_missing_tag_or_repository_is_not_found() {
     let scope = Scope::new("pull-missing");
     let rt = runtime_or_skip!(scope);
-    let env = TestEnv::load();
+    let env = test_env();
     let err = rt
-        .pull(&env.image("no-such-tag"), None, None)
+        .pull(
+            &ImageRef::parse(&env.image("no-such-tag")).unwrap(),
+            None,
+            None,
+        )
         .await
         .unwrap_err();
     eprintln!("missing tag: {}", err.chain());
@@ -303,8 +176,8 @@ async fn pull_from_auth_registry_needs_the_right_credentials() {
     let scope = Scope::new("pull-auth");
     let rt = runtime_or_skip!(scope);
     let rt = rt.with_docker_config(None);
-    let env = TestEnv::load();
-    let image = env.auth_image("v2");
+    let env = test_env();
+    let image = ImageRef::parse(&env.auth_image("v2")).unwrap();
     untag(&image);
 
     let err = rt.pull(&image, None, None).await.unwrap_err();
@@ -333,7 +206,9 @@ async fn pull_from_auth_registry_needs_the_right_credentials() {
     let dir = tempfile::tempdir().unwrap();
     let config = format!(
         r#"{{"auths": {{"http://{}": {{"username": "{}", "password": "{}"}}}}}}"#,
-        env.auth_registry, env.user, env.password
+        env.auth_registry(),
+        env.user,
+        env.password
     );
     std::fs::write(dir.path().join("config.json"), config).unwrap();
     let rt = rt.with_docker_config(Some(dir.path().to_owned()));
@@ -345,11 +220,11 @@ async fn pull_from_auth_registry_needs_the_right_credentials() {
 async fn published_container_answers_health_probes_on_loopback() {
     let scope = Scope::new("probe");
     let rt = runtime_or_skip!(scope);
-    let env = TestEnv::load();
+    let env = test_env();
     let network = scope.network();
     rt.ensure_network(&network).await.unwrap();
     rt.ensure_network(&network).await.unwrap();
-    let image = env.image("v1");
+    let image = ImageRef::parse(&env.image("v1")).unwrap();
     rt.pull(&image, None, None).await.unwrap();
 
     let mut web = spec(&scope, "web", image.clone());

@@ -14,14 +14,16 @@
 //! again, runs the `skipper` binary (`SKIPPER_BIN`, else built once with cargo) with its own
 //! data directory, `SKIPPER_SCOPE` and Docker network, and removes every container and network
 //! with its scope label when it ends, failed or not. The notification test starts a registry of
-//! its own on a free port; the shared ones are never restarted.
+//! its own on a free port; the shared ones are never restarted. The harness shared with the other
+//! Docker tests is in `tests/common/`.
+
+mod common;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, OnceLock, mpsc};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use secrecy::SecretString;
@@ -33,178 +35,53 @@ use skipper_registry::watch::{Change, Registries, Watcher};
 use skipper_registry::webhook::{self, WebhookSource};
 use skipper_registry::{ObservedTag, RegistryClient, RegistryConfig, diff_tags};
 
+use common::KillOnDrop;
+use common::bin::{Run, World};
+use common::docker::Scope;
+use common::env::TestEnv;
+
 // ---------------------------------------------------------------------------------------------
 // Harness
 
-const SCOPE_LABEL: &str = "dev.skipper.scope";
 const LOCAL_REPO: &str = "skipper-test/app";
 
-fn ci() -> bool {
-    std::env::var("CI").as_deref() == Ok("true")
-}
-
-/// The `skipper` binary: `SKIPPER_BIN`, else built once next to this test's own executable.
-fn skipper_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(bin) = std::env::var_os("SKIPPER_BIN").filter(|b| !b.is_empty()) {
-            return PathBuf::from(bin);
-        }
-        let exe = std::env::current_exe().expect("the test executable's path");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("the test executable sits in <target>/<profile>/deps");
-        let target_dir = profile_dir.parent().expect("<target>/<profile>");
-        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-            Some("debug") | None => "dev",
-            Some(name) => name,
-        };
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--quiet", "-p", "skipper-bin", "--bin", "skipper"])
-            .args(["--profile", profile])
-            .arg("--target-dir")
-            .arg(target_dir)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "cargo build of the skipper binary failed");
-        let bin = profile_dir.join("skipper");
-        assert!(bin.exists(), "no binary at {}", bin.display());
-        bin
-    })
-}
-
-/// What `scripts/test-env.sh` wrote.
-struct TestEnv {
-    registry: String,
-    repository: String,
-    vars: HashMap<String, String>,
-}
-
-impl TestEnv {
-    fn load() -> Result<Self, String> {
-        let path = std::env::var("SKIPPER_TEST_ENV_FILE")
-            .unwrap_or_else(|_| format!("{}/target/test-env/env.sh", env!("CARGO_MANIFEST_DIR")));
-        let mut vars: HashMap<String, String> = std::fs::read_to_string(&path)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|line| {
-                let line = line.trim();
-                let line = line.strip_prefix("export ").unwrap_or(line);
-                let (k, v) = line.split_once('=')?;
-                (!k.starts_with('#')).then(|| (k.to_owned(), v.trim_matches('"').to_owned()))
-            })
-            .collect();
-        vars.extend(std::env::vars().filter(|(k, _)| k.starts_with("SKIPPER_TEST_")));
-        let registry = vars
-            .get("SKIPPER_TEST_REGISTRY")
-            .filter(|v| !v.is_empty())
-            .cloned()
-            .ok_or_else(|| {
-                format!(
-                    "the test environment is not set up: run scripts/test-env.sh \
-                     (no SKIPPER_TEST_REGISTRY in the environment or in {path})"
-                )
-            })?;
-        let repository = vars
-            .get("SKIPPER_TEST_REPOSITORY")
-            .filter(|v| !v.is_empty())
-            .cloned()
-            .unwrap_or_else(|| "team/app".into());
-        Ok(Self {
-            registry,
-            repository,
-            vars,
-        })
-    }
-
-    /// The digest the script's push reported for `variant`.
-    fn digest(&self, variant: &str) -> Option<&str> {
-        self.vars
-            .get(&format!("SKIPPER_TEST_DIGEST_{}", variant.to_uppercase()))
-            .map(String::as_str)
-            .filter(|d| !d.is_empty())
-    }
-
-    fn variants(&self) -> Vec<String> {
-        self.vars
-            .get("SKIPPER_TEST_VARIANTS")
-            .map(|v| v.split_whitespace().map(str::to_owned).collect())
-            .unwrap_or_else(|| vec!["v1".into(), "v2".into()])
-    }
+/// One test's world: a unique name, a scope, a network, a data directory, a config file, and the
+/// images it pushed. Dropping it removes the scope's containers and networks, then the pushed
+/// manifests and the local tags, also when the test panics.
+struct Harness {
+    env: TestEnv,
+    // Before `pushed`: the containers go before the images they run.
+    world: World,
+    pushed: Pushes,
 }
 
 /// `(registry, repository, digest)` of every push, and the local tags made for them.
 type Pushed = (Vec<(String, String, String)>, Vec<String>);
 
-/// One test's world: a unique name, a scope, a network, a data directory, a config file, and the
-/// images it pushed. Dropping it removes the scope's containers and networks, the pushed
-/// manifests and the local tags, also when the test panics.
-struct Harness {
-    unique: String,
-    scope: String,
-    network: String,
-    env: TestEnv,
-    dir: tempfile::TempDir,
-    docker_config: tempfile::TempDir,
-    /// Every push, and the local tags made for them.
-    pushed: std::sync::Mutex<Pushed>,
-}
+/// Every push, and the local tags made for them; dropping it deletes the manifests from their
+/// registries and removes the local tags.
+struct Pushes(Mutex<Pushed>);
 
 impl Harness {
     /// `None` (after saying why) when the engine or the test environment is missing and this is
     /// not CI.
     fn new(test: &str) -> Option<Self> {
-        let skip = |why: String| {
-            assert!(!ci(), "CI=true and {why}");
-            eprintln!("skipping {test}: {why}");
-            None
-        };
-        match Command::new("docker")
-            .args(["info", "--format", "{{.ServerVersion}}"])
-            .output()
-        {
-            Ok(o) if o.status.success() => {}
-            Ok(o) => {
-                return skip(format!(
-                    "the Docker engine is unreachable: {}",
-                    String::from_utf8_lossy(&o.stderr).trim()
-                ));
-            }
-            Err(e) => return skip(format!("the docker CLI cannot run: {e}")),
-        }
-        let env = match TestEnv::load() {
-            Ok(env) => env,
-            Err(why) => return skip(why),
-        };
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock after 1970")
-            .subsec_nanos();
-        let unique = format!("{:x}{nanos:x}", std::process::id());
-        let scope = format!("reg-{test}-{unique}");
-        let h = Self {
-            network: format!("skipper-test-{scope}"),
-            unique,
-            scope,
+        let env = common::env_or_skip(test, TestEnv::load)?;
+        Some(Self {
             env,
-            dir: tempfile::tempdir().expect("temp dir"),
-            docker_config: tempfile::tempdir().expect("temp dir"),
-            pushed: std::sync::Mutex::new((Vec::new(), Vec::new())),
-        };
-        std::fs::write(
-            h.config_path(),
-            format!("global:\n  network: {}\n", h.network),
-        )
-        .expect("write the config file");
-        Some(h)
+            world: World::new(Scope::new(&format!("reg-{test}"))),
+            pushed: Pushes(Mutex::new((Vec::new(), Vec::new()))),
+        })
+    }
+
+    /// Unique to this test (hex digits only).
+    fn unique(&self) -> &str {
+        &self.world.scope.unique
     }
 
     /// `team/watch-<unique>`: a repository of this test's own.
     fn repository(&self) -> String {
-        format!("team/watch-{}", self.unique)
+        format!("team/watch-{}", self.unique())
     }
 
     /// `<open registry>/team/watch-<unique>`.
@@ -223,7 +100,7 @@ impl Harness {
             "docker tag {local} {target}: {}",
             text(&out.stderr)
         );
-        self.pushed.lock().unwrap().1.push(target.clone());
+        self.pushed.0.lock().unwrap().1.push(target.clone());
         let out = run("docker", &["push", &target]);
         let stdout = text(&out.stdout);
         assert!(
@@ -237,7 +114,7 @@ impl Harness {
             .nth(1)
             .unwrap_or_else(|| panic!("no digest in the output of docker push: {stdout}"))
             .to_owned();
-        self.pushed.lock().unwrap().0.push((
+        self.pushed.0.lock().unwrap().0.push((
             registry.to_owned(),
             repository.to_owned(),
             digest.clone(),
@@ -250,65 +127,21 @@ impl Harness {
         self.push(variant, &self.env.registry, &self.repository(), tag)
     }
 
-    fn config_path(&self) -> PathBuf {
-        self.dir.path().join("skipper.yaml")
-    }
-
     /// `skipper <args> --json`: exit code and the parsed stdout.
     fn skipper(&self, args: &[&str]) -> (Option<i32>, Value, String) {
-        let out = Command::new(skipper_bin())
-            .args(args)
-            .arg("--json")
-            .env("SKIPPER_DATA_DIR", self.dir.path().join("data"))
-            .env("SKIPPER_CONFIG", self.config_path())
-            .env("SKIPPER_SCOPE", &self.scope)
-            // busybox httpd ignores SIGTERM: do not wait 10 s for each retired container.
-            .env("SKIPPER_STOP_GRACE", "1s")
-            .env("DOCKER_CONFIG", self.docker_config.path())
-            .env_remove("SKIPPER_NPM_URL")
-            .env_remove("SKIPPER_SECRET_KEY")
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
+        let out = self
+            .world
+            .command(args)
             .output()
             .unwrap_or_else(|e| panic!("run skipper {args:?}: {e}"));
-        let stdout = text(&out.stdout);
-        let stderr = text(&out.stderr);
-        let json = serde_json::from_str(&stdout).unwrap_or_else(|e| {
-            panic!(
-                "skipper {args:?}: stdout is not one JSON document ({e}); exit {:?}\n\
-                 stdout: {stdout}\nstderr: {stderr}",
-                out.status.code()
-            )
-        });
-        (out.status.code(), json, stderr)
+        let Run { code, json, stderr } = Run::from_output(args, out);
+        (code, json, stderr)
     }
 }
 
-impl Drop for Harness {
+impl Drop for Pushes {
     fn drop(&mut self) {
-        let filter = format!("label={SCOPE_LABEL}={}", self.scope);
-        let ids = |args: &[&str]| -> Vec<String> {
-            text(&run("docker", args).stdout)
-                .split_whitespace()
-                .map(str::to_owned)
-                .collect()
-        };
-        let containers = ids(&["ps", "-aq", "--filter", &filter]);
-        if !containers.is_empty() {
-            let _ = Command::new("docker")
-                .args(["rm", "-f"])
-                .args(&containers)
-                .output();
-        }
-        let networks = ids(&["network", "ls", "-q", "--filter", &filter]);
-        if !networks.is_empty() {
-            let _ = Command::new("docker")
-                .args(["network", "rm"])
-                .args(&networks)
-                .output();
-        }
-        let (manifests, local) = std::mem::take(&mut *self.pushed.lock().unwrap());
-        let mut local = local;
+        let (manifests, mut local) = std::mem::take(&mut *self.0.lock().unwrap());
         for (registry, repository, digest) in manifests {
             // Pulls and pushes leave a `repo@digest` reference behind.
             local.push(format!("{registry}/{repository}@{digest}"));
@@ -347,22 +180,9 @@ fn client(registry: &str) -> RegistryClient {
     .expect("a client for a loopback registry")
 }
 
-/// A child process killed and reaped when dropped.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 macro_rules! harness_or_skip {
     ($name:literal) => {
-        match Harness::new($name) {
-            Some(h) => h,
-            None => return,
-        }
+        common::or_skip!(Harness::new($name))
     };
 }
 
@@ -526,18 +346,13 @@ fn tags_json_lists_tags_newest_first_with_digests() {
 #[ignore = "needs docker engine"]
 fn watch_once_baselines_then_deploys_a_new_tag() {
     let h = harness_or_skip!("watch");
-    let project = format!("w{}", h.unique);
-    std::fs::write(
-        h.config_path(),
-        format!(
-            "global:\n  network: {network}\nprojects:\n  {project}:\n    image: {image}\n    \
-             port: 8080\n    healthcheck: /health\n    stages:\n      dev: {{ tag_pattern: \"dev-*\", \
-             auto_deploy: true }}\n",
-            network = h.network,
-            image = h.watched(),
-        ),
-    )
-    .unwrap();
+    let project = format!("w{}", h.unique());
+    h.world.write_config(&format!(
+        "projects:\n  {project}:\n    image: {image}\n    \
+         port: 8080\n    healthcheck: /health\n    stages:\n      dev: {{ tag_pattern: \"dev-*\", \
+         auto_deploy: true }}\n",
+        image = h.watched(),
+    ));
     h.push_watched("v1", "dev-1");
     let dev1 = format!("{}:dev-1", h.watched());
     let (code, json, stderr) = h.skipper(&["deploy", &dev1, "--project", &project]);
@@ -658,15 +473,17 @@ async fn registry_push_notifications_reach_a_listener_and_parse() {
         .output()
         .is_err()
     {
-        assert!(!ci(), "CI=true and docker-registry is not installed");
-        eprintln!("skipping: docker-registry is not installed (scripts/test-env.sh installs it)");
+        common::skip(
+            "notify",
+            "docker-registry is not installed (scripts/test-env.sh installs it)",
+        );
         return;
     }
     let (listener_port, received) = listen();
     let port = free_port();
     let registry = format!("127.0.0.1:{port}");
     let token = "notify-test-token";
-    let config = h.dir.path().join("registry.yml");
+    let config = h.world.dir.path().join("registry.yml");
     std::fs::write(
         &config,
         format!(
@@ -678,11 +495,11 @@ async fn registry_push_notifications_reach_a_listener_and_parse() {
              url: http://127.0.0.1:{listener_port}/events\n      \
              headers:\n        Authorization: [\"Bearer {token}\"]\n      \
              timeout: 2s\n      threshold: 3\n      backoff: 1s\n",
-            storage = h.dir.path().join("registry-data").display(),
+            storage = h.world.dir.path().join("registry-data").display(),
         ),
     )
     .unwrap();
-    let log = std::fs::File::create(h.dir.path().join("registry.log")).unwrap();
+    let log = std::fs::File::create(h.world.dir.path().join("registry.log")).unwrap();
     let child = Command::new("docker-registry")
         .arg("serve")
         .arg(&config)
@@ -691,19 +508,19 @@ async fn registry_push_notifications_reach_a_listener_and_parse() {
         .stderr(log)
         .spawn()
         .expect("start docker-registry");
-    let _registry = KillOnDrop(child);
+    let _registry = KillOnDrop(Some(child));
     let c = client(&registry);
     let started = Instant::now();
     while c.ping().await.is_err() {
         assert!(
             started.elapsed() < Duration::from_secs(15),
             "the extra registry did not start: {}",
-            std::fs::read_to_string(h.dir.path().join("registry.log")).unwrap_or_default()
+            std::fs::read_to_string(h.world.dir.path().join("registry.log")).unwrap_or_default()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    let repository = format!("team/notify-{}", h.unique);
+    let repository = format!("team/notify-{}", h.unique());
     let digest = h.push("v1", &registry, &repository, "n1");
 
     // The registry posts blob and manifest events, possibly in several envelopes.
