@@ -85,7 +85,7 @@ impl World {
             .env("SKIPPER_DATA_DIR", self.dir.path().join("data"))
             .env("SKIPPER_CONFIG", self.config_path())
             .env("SKIPPER_SCOPE", &self.scope.name)
-            // busybox httpd ignores SIGTERM: do not wait 10 s for each retired container.
+            // The test images stop at once on SIGTERM; a short grace bounds any that would not.
             .env("SKIPPER_STOP_GRACE", "1s")
             .env("DOCKER_CONFIG", self.docker_config.path())
             .env_remove("SKIPPER_NPM_URL")
