@@ -942,7 +942,10 @@ async fn engines_in_other_scopes_are_left_alone() {
     assert_eq!(h.rt.containers()[0].labels[labels::SCOPE], "tenant-a");
     // The unscoped engine's store knows nothing of it, yet it must not call it an orphan.
     let r = h.engine.reconcile().await.unwrap();
-    assert!(r.removed_containers.is_empty() && r.adopted.is_empty(), "{r:?}");
+    assert!(
+        r.removed_containers.is_empty() && r.adopted.is_empty(),
+        "{r:?}"
+    );
     h.deploy("dev", "v2").await;
     assert_eq!(h.rt.running().len(), 2);
     let r = scoped.reconcile().await.unwrap();
