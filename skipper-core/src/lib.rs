@@ -56,7 +56,7 @@ pub use backend::{
     PullProgress, PulledImage, Registry, Route, RunState, Runtime, Store,
 };
 pub use engine::{
-    DeployRequest, Engine, EngineBuilder, EngineSettings, PullPolicy, QuickDefaults,
+    DeployRequest, Engine, EngineBuilder, EngineSettings, Lease, PullPolicy, QuickDefaults,
     ReconcileReport, StepTimeouts, UpstreamTarget,
 };
 pub use error::{Error, ErrorKind, Result};

@@ -516,6 +516,11 @@ impl WatchReport {
 // ---------------------------------------------------------------------------------------------
 // The watcher
 
+/// The store lease a watcher holds while it acts on a repository.
+fn watch_key(repository: &str) -> String {
+    format!("watch/{repository}")
+}
+
 /// How a [`Watcher`] polls.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WatchSettings {
@@ -730,7 +735,7 @@ impl Watcher {
             .ok_or_else(|| Error::rejected(format!("the push of {image} names no tag")))?
             .to_owned();
         let repository = image.name();
-        let mut report = WatchReport::start();
+        let report = WatchReport::start();
         let projects: Vec<Project> = self
             .projects()
             .await?
@@ -743,7 +748,34 @@ impl Watcher {
         }
         let lock = self.repository_lock(&repository);
         let _guard = lock.lock().await;
+        // A poll in another process may be acting on this repository: wait for it (up to the
+        // engine's lock wait) rather than deploy the same tag twice or drop the push.
+        let wait = self.inner.engine.settings().lock_wait;
+        let lease = self
+            .inner
+            .engine
+            .lease(&watch_key(&repository), wait)
+            .await?
+            .ok_or_else(|| Error::Timeout {
+                what: format!("waiting for another watcher to finish with {repository}"),
+                after: wait,
+            })?;
+        let handled = self
+            .handle_push_locked(image, tag, &repository, projects, report)
+            .await;
+        lease.release().await;
+        handled
+    }
 
+    async fn handle_push_locked(
+        &self,
+        image: &ImageRef,
+        tag: String,
+        repository: &str,
+        projects: Vec<Project>,
+        mut report: WatchReport,
+    ) -> skipper_core::Result<WatchReport> {
+        let repository = repository.to_owned();
         let store = self.inner.engine.store();
         let seen = store.list_seen_tags(&repository).await?;
         let known = seen.iter().find(|s| s.tag == tag);
@@ -877,7 +909,41 @@ impl Watcher {
 
         let lock = self.repository_lock(repository);
         let _guard = lock.lock().await;
-        match self.poll_locked(repository, projects, report).await {
+        // Across processes: a second `skipper watch` on the same store leaves this repository to
+        // the one already polling it, instead of acting on the same new tag twice.
+        let lease = match self
+            .inner
+            .engine
+            .lease(&watch_key(repository), Duration::ZERO)
+            .await
+        {
+            Ok(Some(lease)) => lease,
+            Ok(None) => {
+                for p in projects {
+                    report.skip(
+                        &p.name,
+                        None,
+                        None,
+                        format!("another watcher is polling {repository}; left to it this round"),
+                    );
+                }
+                return;
+            }
+            Err(e) => {
+                for p in projects {
+                    report.skip(
+                        &p.name,
+                        None,
+                        None,
+                        format!("cannot take the watch lease of {repository}: {}", e.chain()),
+                    );
+                }
+                return;
+            }
+        };
+        let polled = self.poll_locked(repository, projects, report).await;
+        lease.release().await;
+        match polled {
             Ok(()) => {
                 self.inner
                     .backoff
@@ -1716,6 +1782,45 @@ mod tests {
         // Nothing new: nothing happens.
         let again = watcher.run_once().await.unwrap();
         assert!(again.is_quiet(), "{again:#?}");
+    }
+
+    #[tokio::test]
+    async fn a_repository_another_watcher_is_polling_is_left_to_it() {
+        let h = harness().await;
+        h.deploy("web", "dev", WEB, "dev-1").await;
+        h.registry.serve(WEB, &[("dev-1", "a")]).await;
+        let watcher = h.watcher();
+        watcher.run_once().await.unwrap();
+        h.registry
+            .serve(WEB, &[("dev-1", "a"), ("dev-2", "a")])
+            .await;
+
+        // Another process holds the repository's watch lease (same store, other engine).
+        let other = Engine::builder(h.rt.clone(), h.store.clone()).build();
+        let repository = format!("{REGISTRY}/{WEB}");
+        let held = other
+            .lease(&watch_key(&repository), Duration::ZERO)
+            .await
+            .unwrap()
+            .expect("the lease is free");
+        let report = watcher.run_once().await.unwrap();
+        assert!(report.deployed.is_empty(), "{report:#?}");
+        assert!(
+            report
+                .skipped
+                .iter()
+                .any(|s| s.reason.contains("another watcher")),
+            "{report:#?}"
+        );
+        assert_eq!(h.active("web", "dev").await.unwrap().tag, "dev-1");
+
+        // Once it is released, the next round acts on dev-2.
+        held.release().await;
+        let report = watcher.run_once().await.unwrap();
+        assert_eq!(
+            deployed(&report),
+            vec![row("web", "dev", "dev-2", Change::New)]
+        );
     }
 
     #[tokio::test]

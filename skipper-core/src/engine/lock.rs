@@ -1,4 +1,4 @@
-//! Stage leases: one operation per stage at a time, across processes.
+//! Leases: one operation per stage (or per any key) at a time, across processes.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,27 +10,37 @@ use super::Engine;
 use crate::backend::Store;
 use crate::error::{Error, Result};
 
-/// A held stage lease, renewed in the background until released or dropped.
-pub(crate) struct StageLock {
+/// A held lease, renewed in the background until released or dropped. Dropping it releases it
+/// in the background; a process that dies simply stops renewing, and the lease expires.
+pub struct Lease {
     store: Arc<dyn Store>,
     key: String,
     holder: String,
     renew: Option<JoinHandle<()>>,
 }
 
-impl StageLock {
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease")
+            .field("key", &self.key)
+            .field("holder", &self.holder)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Lease {
     /// Release the lease now.
-    pub(crate) async fn release(mut self) {
+    pub async fn release(mut self) {
         if let Some(h) = self.renew.take() {
             h.abort();
         }
         if let Err(e) = self.store.unlock(&self.key, &self.holder).await {
-            tracing::warn!(key = %self.key, error = %e, "could not release a stage lock; it expires by itself");
+            tracing::warn!(key = %self.key, error = %e, "could not release a lease; it expires by itself");
         }
     }
 }
 
-impl Drop for StageLock {
+impl Drop for Lease {
     fn drop(&mut self) {
         if let Some(h) = self.renew.take() {
             h.abort();
@@ -52,7 +62,7 @@ pub(crate) fn stage_key(project: &str, stage: &str) -> String {
 
 impl Engine {
     /// Take the stage's lease, waiting up to `lock_wait` for another holder.
-    pub(crate) async fn lock_stage(&self, project: &str, stage: &str) -> Result<StageLock> {
+    pub(crate) async fn lock_stage(&self, project: &str, stage: &str) -> Result<Lease> {
         let wait = self.inner.settings.lock_wait;
         self.acquire_stage(project, stage, wait).await?.ok_or_else(|| Error::Timeout {
             what: format!(
@@ -68,10 +78,20 @@ impl Engine {
         project: &str,
         stage: &str,
         wait: Duration,
-    ) -> Result<Option<StageLock>> {
+    ) -> Result<Option<Lease>> {
+        self.lease(&stage_key(project, stage), wait).await
+    }
+
+    /// Take the lease `key` in the store, waiting up to `wait` for another holder (in this
+    /// process or another); `None` if it stayed busy. The lease is renewed in the background
+    /// (every third of the engine's `lock_ttl`) until it is released or dropped.
+    ///
+    /// Deploys take `stage/<project>/<stage>`; embedders may use other keys for their own
+    /// cross-process exclusion (the registry watcher takes `watch/<repository>`).
+    pub async fn lease(&self, key: &str, wait: Duration) -> Result<Option<Lease>> {
         let s = &self.inner.settings;
         let store = self.inner.store.clone();
-        let key = stage_key(project, stage);
+        let key = key.to_owned();
         // A holder per acquisition: two operations in one process exclude each other too.
         let holder = format!("{}/{}", self.inner.holder, crate::model::new_id());
         let deadline = Instant::now() + wait;
@@ -83,7 +103,7 @@ impl Engine {
             if Instant::now() >= deadline {
                 return Ok(None);
             }
-            tracing::debug!(%key, "stage is busy; waiting");
+            tracing::debug!(%key, "lease is busy; waiting");
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_millis(500));
         }
@@ -96,15 +116,15 @@ impl Engine {
                     match store.try_lock(&key, &holder, ttl).await {
                         Ok(true) => {}
                         Ok(false) => {
-                            tracing::error!(%key, "lost a stage lock (it expired and was taken)");
+                            tracing::error!(%key, "lost a lease (it expired and was taken)");
                             return;
                         }
-                        Err(e) => tracing::warn!(%key, error = %e, "could not renew a stage lock"),
+                        Err(e) => tracing::warn!(%key, error = %e, "could not renew a lease"),
                     }
                 }
             })
         };
-        Ok(Some(StageLock {
+        Ok(Some(Lease {
             store,
             key,
             holder,

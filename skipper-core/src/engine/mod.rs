@@ -21,6 +21,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use lock::Lease;
 pub use reconcile::ReconcileReport;
 
 use crate::backend::{
