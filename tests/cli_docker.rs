@@ -15,6 +15,11 @@
 //! that is a failure. Everything a test creates carries its scope label and is removed when the
 //! test ends, failed or not. The harness shared with the other Docker tests is in `tests/common/`.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "these tests are synchronous: they drive processes and wait with thread::sleep, off any async runtime"
+)]
+
 mod common;
 
 use std::process::Stdio;

@@ -75,6 +75,7 @@ impl Harness {
                     let _ = child.kill();
                     panic!("{label} took longer than {COMMAND_LIMIT:?}");
                 }
+                #[allow(clippy::disallowed_methods, reason = "inside spawn_blocking")]
                 std::thread::sleep(Duration::from_millis(50));
             }
             child.wait_with_output().expect("read skipper's output")

@@ -211,6 +211,10 @@ impl DockerConfig {
             match child.try_wait() {
                 Ok(Some(status)) => break status,
                 Ok(None) if Instant::now() < deadline => {
+                    #[allow(
+                        clippy::disallowed_methods,
+                        reason = "a credential helper runs synchronously, as docker pull runs it; bounded by HELPER_TIMEOUT"
+                    )]
                     std::thread::sleep(Duration::from_millis(10));
                 }
                 Ok(None) => {

@@ -386,6 +386,10 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
                     rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
                 ) && std::time::Instant::now() < deadline =>
             {
+                #[allow(
+                    clippy::disallowed_methods,
+                    reason = "SqliteStore::open blocks by contract (start-up or spawn_blocking)"
+                )]
                 std::thread::sleep(delay);
                 delay = (delay * 2).min(std::time::Duration::from_millis(200));
             }
