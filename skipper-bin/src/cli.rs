@@ -6,7 +6,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Skipper: health-gated, blue-green deploys of Docker images, with rollback.
 #[derive(Debug, Parser)]
-#[command(name = "skipper", version, about, long_about = None)]
+#[command(name = "skipper", version)]
 pub(crate) struct Cli {
     #[command(flatten)]
     pub(crate) global: Global,
@@ -44,8 +44,10 @@ pub(crate) enum Pull {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
-    /// Deploy an image to a stage: pull, start beside the running version, health-gate, switch,
-    /// retire the old one. Rolls back on any failure.
+    /// Deploy an image to a stage (health-gated, blue-green, rolled back on failure).
+    ///
+    /// Pulls, starts the new version beside the running one, waits until it is healthy,
+    /// switches the stage to it, then retires the oldest versions past --max-instances.
     Deploy(DeployArgs),
     /// List instances.
     Ps(PsArgs),
@@ -63,10 +65,13 @@ pub(crate) enum Command {
     History(HistoryArgs),
     /// Repair the store against Docker and the proxy (every command does this first).
     Reconcile,
-    /// List a repository's tags, newest first (versions by semver), with their digests.
+    /// List a repository's tags, newest first, with their digests.
+    ///
+    /// Versions are ordered by semver (v1.10.0 above v1.9.3); other tags follow.
     Tags(TagsArgs),
-    /// Poll the registry of every project and deploy new tags to `auto_deploy` stages (other
-    /// matching stages get a "new version available" notification).
+    /// Poll registries and deploy new tags to auto_deploy stages.
+    ///
+    /// Other matching stages get a "new version available" notification.
     Watch(WatchArgs),
 }
 
