@@ -179,17 +179,8 @@ async fn deploy_routes_and_notifies() {
     let steps: Vec<Step> = d.steps.iter().map(|s| s.step).collect();
     assert_eq!(
         steps,
-        vec![
-            Step::Validate,
-            Step::Pull,
-            Step::Create,
-            Step::Start,
-            Step::Health,
-            Step::Route,
-            Step::Switch,
-            Step::Retire,
-            Step::Record
-        ]
+        Step::ALL.to_vec(),
+        "one log entry per step, in order"
     );
 }
 
