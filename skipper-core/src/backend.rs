@@ -277,6 +277,15 @@ pub struct DeploymentFilter {
     pub limit: Option<usize>,
 }
 
+/// A lease held while writing: fenced writes succeed only while `holder` still holds `key`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    /// The lease key (`stage/<project>/<stage>`).
+    pub key: String,
+    /// The holder that must still hold it.
+    pub holder: String,
+}
+
 /// Where Skipper keeps its state: SQLite by default, in memory for tests, PostgreSQL later.
 ///
 /// Records are whole values (`put_*` inserts or replaces by id), so every backend stores the same
@@ -285,6 +294,11 @@ pub struct DeploymentFilter {
 #[cfg_attr(any(test, feature = "test-util"), mockall::automock)]
 #[async_trait]
 pub trait Store: Send + Sync {
+    /// This store's identity: made once when the store is created and kept in it, never
+    /// changed. The engine labels every container it creates with it, and reconcile touches only
+    /// containers that carry it, so two stores on one Docker engine never touch each other's.
+    async fn store_id(&self) -> Result<String>;
+
     /// Insert or replace a project (with its stages).
     async fn put_project(&self, project: &Project) -> Result<()>;
     /// A project by name.
@@ -334,6 +348,26 @@ pub trait Store: Send + Sync {
     async fn try_lock(&self, key: &str, holder: &str, ttl: Duration) -> Result<bool>;
     /// Release `key` if `holder` has it.
     async fn unlock(&self, key: &str, holder: &str) -> Result<()>;
+    /// Who holds lease `key` now, expired or not (`None`: nobody).
+    async fn lease_holder(&self, key: &str) -> Result<Option<String>>;
+    /// Take lease `key` over from `previous` (a holder known to be dead), for `holder`: only if
+    /// `previous` still has it, whether or not it expired. `false` if anyone else has it now.
+    async fn take_over_lock(
+        &self,
+        key: &str,
+        previous: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<bool>;
+    /// Write `instances` and then `deployments` in one transaction, only while `fence.holder`
+    /// still holds `fence.key`. A holder that lost its lease gets a `Conflict` error and nothing
+    /// is written, so it can never overwrite what the lease's new holder decided.
+    async fn put_fenced(
+        &self,
+        fence: &Fence,
+        instances: &[Instance],
+        deployments: &[Deployment],
+    ) -> Result<()>;
 }
 
 /// Delivers events (webhooks, chat, email...). A failing notifier never fails a deploy.

@@ -39,6 +39,8 @@ pub enum ErrorKind {
     Rejected,
     /// Anything else: a bug or a backend answer we do not understand.
     Internal,
+    /// The operation was stopped before it finished (a signal, a lost lease) and rolled back.
+    Interrupted,
 }
 
 impl ErrorKind {
@@ -60,6 +62,7 @@ impl ErrorKind {
             Self::Unhealthy => "unhealthy",
             Self::Rejected => "rejected",
             Self::Internal => "internal",
+            Self::Interrupted => "interrupted",
         }
     }
 }
@@ -170,6 +173,24 @@ pub enum Error {
         source: Box<Error>,
     },
 
+    /// The lease an operation held was lost (it expired, or another process took it over): the
+    /// operation stops and writes nothing more.
+    #[error(
+        "lost the lease {key:?} (it expired and another process may hold it): stopped; the \
+         stage's next operation repairs what this one left"
+    )]
+    LeaseLost {
+        /// The lease key.
+        key: String,
+    },
+
+    /// The operation was interrupted (a signal, a cancelled caller) and stopped between steps.
+    #[error("interrupted: {reason}")]
+    Interrupted {
+        /// What interrupted it.
+        reason: String,
+    },
+
     /// The engine is shutting down and accepts no new work.
     #[error("the engine is shutting down; retry after it restarts")]
     ShuttingDown,
@@ -192,6 +213,7 @@ impl Error {
             Self::NotFound { .. } => ErrorKind::NotFound,
             Self::Conflict { .. } => ErrorKind::Conflict,
             Self::Rejected { .. } | Self::ShuttingDown => ErrorKind::Rejected,
+            Self::LeaseLost { .. } | Self::Interrupted { .. } => ErrorKind::Interrupted,
             Self::Backend { kind, .. } => *kind,
             Self::Timeout { .. } => ErrorKind::Timeout,
             Self::Unhealthy { .. } => ErrorKind::Unhealthy,

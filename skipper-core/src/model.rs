@@ -34,6 +34,11 @@ pub mod labels {
     /// An embedder-chosen scope, so several engines (or test runs) on one Docker host never touch
     /// each other's containers.
     pub const SCOPE: &str = "dev.skipper.scope";
+    /// The identity of the store that made the container ([`Store::store_id`]): reconcile
+    /// adopts or removes only containers of its own store.
+    ///
+    /// [`Store::store_id`]: crate::backend::Store::store_id
+    pub const STORE: &str = "dev.skipper.store";
     /// On an image (or container): the app's port, when the image EXPOSEs several or none.
     pub const PORT: &str = "dev.skipper.port";
     /// On an image: the HTTP path that answers 2xx when the app is healthy.
@@ -374,6 +379,9 @@ pub enum InstanceState {
     Missing,
     /// The container exists but exited on its own.
     Exited,
+    /// Made by a deploy whose process died before finishing (only ever shown by read commands,
+    /// never stored: the stage's next mutating command removes it).
+    Interrupted,
 }
 
 impl InstanceState {
@@ -386,6 +394,7 @@ impl InstanceState {
             Self::Retiring => "retiring",
             Self::Missing => "missing",
             Self::Exited => "exited",
+            Self::Interrupted => "interrupted",
         }
     }
 }
@@ -469,6 +478,10 @@ pub enum Step {
     Route,
     /// Switch the stage's domain to it.
     Switch,
+    /// Record the switch: the new instance active, the replaced ones retiring. This is the
+    /// commit point: a deploy that fails or dies before it rolls back, one after it rolls
+    /// forward (reconcile finishes it).
+    Commit,
     /// Retire the oldest instances past `max_instances`.
     Retire,
     /// Record the outcome.
@@ -477,7 +490,7 @@ pub enum Step {
 
 impl Step {
     /// Every step, in order.
-    pub const ALL: [Step; 9] = [
+    pub const ALL: [Step; 10] = [
         Step::Validate,
         Step::Pull,
         Step::Create,
@@ -485,6 +498,7 @@ impl Step {
         Step::Health,
         Step::Route,
         Step::Switch,
+        Step::Commit,
         Step::Retire,
         Step::Record,
     ];
@@ -499,6 +513,7 @@ impl Step {
             Self::Health => "health",
             Self::Route => "route",
             Self::Switch => "switch",
+            Self::Commit => "commit",
             Self::Retire => "retire",
             Self::Record => "record",
         }
@@ -655,6 +670,8 @@ pub enum EventKind {
     InstanceRemoved,
     /// Reconcile repaired a divergence.
     Repaired,
+    /// A stage's active instance lost its container (removed behind Skipper's back).
+    InstanceMissing,
 }
 
 /// An event delivered to notifiers.

@@ -1,22 +1,30 @@
-//! One deploy, as a saga: every step that changes the world pushes its compensating action;
-//! a failure anywhere runs them in reverse, leaving the previous version running and routed.
+//! One deploy, as a saga with one commit point.
+//!
+//! Before the commit point every step that changes the world first pushes its compensating
+//! action (a call that failed or timed out may still have acted), and a failure runs them in
+//! reverse, leaving the previous version running and routed. The commit point is
+//! [`Step::Commit`]: right after the stage's domain switched to the new, healthy instance, one
+//! fenced store write records the new instance active and the replaced ones retiring. After it
+//! nothing is compensated: retiring the old version is roll-forward work, retried by reconcile
+//! after a failure or a crash.
 
 use chrono::Utc;
 
 use super::health::Gate;
-use super::{DeployRequest, Engine, PullPolicy, UpstreamTarget, timed};
-use crate::backend::{ContainerInfo, ContainerSpec, InstanceFilter, Route};
+use super::{DeployRequest, Engine, Guard, Lease, PullPolicy, UpstreamTarget, timed};
+use crate::backend::{ContainerInfo, ContainerSpec, Fence, InstanceFilter, Route};
 use crate::error::{Error, Result};
 use crate::model::{
     DeployError, DeployStatus, Deployment, Event, EventKind, Instance, InstanceState, Project,
     Stage, Step, StepStatus, Trigger, Upstream, labels, new_id,
 };
 use crate::pattern::TagPattern;
+use crate::reference::ImageRef;
 
-/// A compensating action.
+/// A compensating action (only steps before the commit point have one).
 #[derive(Debug)]
 enum Undo {
-    /// Remove a container this deploy created.
+    /// Remove a container this deploy created (by name: pushed before the create answered).
     RemoveContainer(String),
     /// Delete an instance record this deploy created.
     DeleteInstance(String),
@@ -25,10 +33,6 @@ enum Undo {
         domain: String,
         previous: Option<Route>,
     },
-    /// Start a container this deploy stopped.
-    StartContainer(String),
-    /// Write back an instance record this deploy changed.
-    RestoreInstance(Box<Instance>),
 }
 
 /// The state of a deploy in progress.
@@ -37,14 +41,24 @@ struct Saga {
     stage: Stage,
     deployment: Deployment,
     undo: Vec<(Step, Undo)>,
-    /// Instances retired by this deploy (stopped; removed after the record).
-    retired: Vec<Instance>,
+    fence: Fence,
+}
+
+/// What the commit decided: the new instance serves; these are retired.
+struct Committed {
+    instance: Instance,
+    retire: Vec<Instance>,
+    /// Instances of the stage that stay (the new one included), for shared domains.
+    survivors: Vec<Instance>,
 }
 
 /// A step's failure.
 struct Failed {
     step: Step,
     error: Error,
+    /// Whether the failure left the outcome unknown (the commit write failed and could not be
+    /// read back): then nothing is compensated and reconcile decides.
+    unknown: bool,
 }
 
 trait AtStep<T> {
@@ -53,13 +67,28 @@ trait AtStep<T> {
 
 impl<T> AtStep<T> for Result<T> {
     fn at(self, step: Step) -> std::result::Result<T, Failed> {
-        self.map_err(|error| Failed { step, error })
+        self.map_err(|error| Failed {
+            step,
+            error,
+            unknown: false,
+        })
     }
 }
 
 /// The container name of an instance: unique per instance, readable in `docker ps`.
 pub(crate) fn container_name(project: &str, stage: &str, instance: &str) -> String {
     format!("skipper-{project}-{stage}-{instance}")
+}
+
+/// The digest of `image`'s own repository among an image's `RepoDigests` (`repo@sha256:…`). An
+/// image also pushed elsewhere carries other repositories' digests, which are no use to pull
+/// this one by.
+pub(crate) fn digest_for(image: &ImageRef, repo_digests: &[String]) -> Option<String> {
+    repo_digests.iter().find_map(|d| {
+        let (repo, digest) = d.split_once('@')?;
+        let repo = ImageRef::parse(repo).ok()?;
+        repo.same_repository(image).then(|| digest.to_owned())
+    })
 }
 
 impl Engine {
@@ -76,11 +105,16 @@ impl Engine {
 
     pub(crate) async fn deploy_inner(&self, req: DeployRequest) -> Result<Deployment> {
         let project = self.project(&req.project).await?;
-        let stage = project.stage(&req.stage)?.clone();
-        let tag = self.validate(&project, &stage, &req).await?;
-
-        let lock = self.lock_stage(&project.name, &stage.name).await?;
-        let result = self.deploy_locked(project, stage, tag, req).await;
+        project.stage(&req.stage)?;
+        let lock = self.lock_stage(&project.name, &req.stage).await?;
+        let result = async {
+            // Read again under the lease: the project may have changed while we waited.
+            let project = self.project(&req.project).await?;
+            let stage = project.stage(&req.stage)?.clone();
+            let tag = self.validate(&project, &stage, &req).await?;
+            self.deploy_locked(project, stage, tag, req, &lock).await
+        }
+        .await;
         lock.release().await;
         result
     }
@@ -133,21 +167,20 @@ impl Engine {
 
     /// Whether `tag` runs, or ran successfully, in `stage`.
     pub(crate) async fn ran_in_stage(&self, project: &str, stage: &str, tag: &str) -> Result<bool> {
-        let store = &self.inner.store;
         let filter = InstanceFilter {
             project: Some(project.to_owned()),
             stage: Some(stage.to_owned()),
         };
-        if store
-            .list_instances(&filter)
+        if self
+            .list_instances_timed(&filter)
             .await?
             .iter()
             .any(|i| i.tag == tag && i.state == InstanceState::Running)
         {
             return Ok(true);
         }
-        let history = store
-            .list_deployments(&crate::backend::DeploymentFilter {
+        let history = self
+            .list_deployments_timed(&crate::backend::DeploymentFilter {
                 project: Some(project.to_owned()),
                 stage: Some(stage.to_owned()),
                 limit: None,
@@ -158,15 +191,19 @@ impl Engine {
             .any(|d| d.tag == tag && d.status == DeployStatus::Succeeded))
     }
 
-    async fn deploy_locked(
+    /// Run a deploy under the stage's lease `lease` (held by the caller, and released by it).
+    pub(crate) async fn deploy_locked(
         &self,
         project: Project,
         stage: Stage,
         tag: String,
         req: DeployRequest,
+        lease: &Lease,
     ) -> Result<Deployment> {
+        let guard = self.guard(lease, req.cancel.clone());
         // Repair whatever an earlier, interrupted operation left on this stage.
         self.reconcile_stage(&project, &stage).await?;
+        guard.check()?;
 
         let mut deployment = Deployment {
             id: new_id(),
@@ -190,7 +227,8 @@ impl Engine {
             StepStatus::Done,
             format!("{} may deploy to {}", req.image, stage.name),
         );
-        self.record(&deployment).await?;
+        let fence = lease.fence();
+        self.write(&fence, &[], Some(&deployment)).await?;
         tracing::info!(deployment = %deployment.id, project = %project.name, stage = %stage.name, image = %req.image, "deploy started");
 
         let mut saga = Saga {
@@ -198,28 +236,40 @@ impl Engine {
             stage,
             deployment,
             undo: Vec::new(),
-            retired: Vec::new(),
+            fence,
         };
-        match self.run_steps(&mut saga, &req).await {
-            Ok(instance) => Ok(self.finish(saga, instance).await),
-            Err(failed) => Ok(self.fail(saga, failed).await),
+        match self.run_steps(&mut saga, &req, &guard).await {
+            Ok(committed) => Ok(self.roll_forward(saga, committed, &guard).await),
+            Err(failed) => Ok(self.fail(saga, failed, &guard).await),
         }
     }
 
-    async fn record(&self, d: &Deployment) -> Result<()> {
-        timed(
-            || "store write".into(),
-            self.inner.settings.timeouts.record,
-            self.inner.store.put_deployment(d),
-        )
-        .await
+    /// Why this operation must stop: the lease, the request's token, shutdown.
+    pub(crate) fn guard(
+        &self,
+        lease: &Lease,
+        cancel: Option<tokio_util::sync::CancellationToken>,
+    ) -> Guard {
+        Guard {
+            key: lease.key().to_owned(),
+            lost: lease.lost_token(),
+            cancel,
+            shutdown: self.inner.shutdown.clone(),
+        }
     }
 
-    async fn put_instance(&self, i: &Instance) -> Result<()> {
+    /// A fenced store write (instances, then a deployment) within the record time limit.
+    pub(crate) async fn write(
+        &self,
+        fence: &Fence,
+        instances: &[Instance],
+        deployment: Option<&Deployment>,
+    ) -> Result<()> {
+        let deployments = deployment.map(std::slice::from_ref).unwrap_or_default();
         timed(
             || "store write".into(),
             self.inner.settings.timeouts.record,
-            self.inner.store.put_instance(i),
+            self.inner.store.put_fenced(fence, instances, deployments),
         )
         .await
     }
@@ -251,24 +301,32 @@ impl Engine {
         }
     }
 
+    /// The steps up to and including the commit point.
     async fn run_steps(
         &self,
         saga: &mut Saga,
         req: &DeployRequest,
-    ) -> std::result::Result<Instance, Failed> {
+        guard: &Guard,
+    ) -> std::result::Result<Committed, Failed> {
         let rt = self.inner.runtime.clone();
         let t = self.inner.settings.timeouts.clone();
         let image = req.image.clone();
 
         // 2. Pull.
-        let credentials = self.credentials_for(&saga.project).await.at(Step::Pull)?;
+        let credentials = guard
+            .run(self.credentials_for(&saga.project))
+            .await
+            .at(Step::Pull)?;
         let present = match req.pull {
             PullPolicy::Always => false,
-            PullPolicy::Missing | PullPolicy::Never => {
-                timed(|| "image lookup".into(), t.call, rt.has_image(&image))
-                    .await
-                    .at(Step::Pull)?
-            }
+            PullPolicy::Missing | PullPolicy::Never => guard
+                .run(timed(
+                    || "image lookup".into(),
+                    t.call,
+                    rt.has_image(&image),
+                ))
+                .await
+                .at(Step::Pull)?,
         };
         if present {
             saga.deployment.log(
@@ -282,13 +340,14 @@ impl Engine {
             )))
             .at(Step::Pull);
         } else {
-            let pulled = timed(
-                || format!("pull of {image}"),
-                t.pull,
-                rt.pull(&image, credentials, req.progress.clone()),
-            )
-            .await
-            .at(Step::Pull)?;
+            let pulled = guard
+                .run(timed(
+                    || format!("pull of {image}"),
+                    t.pull,
+                    rt.pull(&image, credentials, req.progress.clone()),
+                ))
+                .await
+                .at(Step::Pull)?;
             if saga.deployment.digest.is_none() {
                 saga.deployment.digest = pulled.digest.clone();
             }
@@ -301,23 +360,36 @@ impl Engine {
                 ),
             );
         }
-        let meta = timed(|| "image inspect".into(), t.call, rt.inspect_image(&image))
+        let meta = guard
+            .run(timed(
+                || "image inspect".into(),
+                t.call,
+                rt.inspect_image(&image),
+            ))
             .await
             .at(Step::Pull)?;
         if saga.deployment.digest.is_none() {
-            saga.deployment.digest = meta
-                .digests
-                .iter()
-                .find_map(|d| d.split_once('@').map(|(_, d)| d.to_owned()));
+            saga.deployment.digest = digest_for(&image, &meta.digests);
         }
         let (image_port, image_health_path) = crate::model::image_defaults(&meta);
         let port = saga.project.port.or(image_port);
-        if self.inner.proxy.is_some() && port.is_none() {
-            return Err(Error::rejected(format!(
-                "project {:?} has no port to route to: set `port`, or EXPOSE one in the image",
-                saga.project.name
-            )))
-            .at(Step::Pull);
+        if port.is_none() {
+            if self.inner.proxy.is_some() {
+                return Err(Error::rejected(format!(
+                    "project {:?} has no port to route to: the image EXPOSEs none; pass --port \
+                     (or set `port`)",
+                    saga.project.name
+                )))
+                .at(Step::Pull);
+            }
+            if let Some(path) = &saga.project.health.path {
+                return Err(Error::rejected(format!(
+                    "project {:?} probes {path} but has no port to probe: the image EXPOSEs \
+                     none; pass --port (or set `port`)",
+                    saga.project.name
+                )))
+                .at(Step::Pull);
+            }
         }
 
         // 3. Create, on the project's network, labelled.
@@ -326,21 +398,20 @@ impl Engine {
             .network
             .clone()
             .unwrap_or_else(|| self.inner.settings.network.clone());
-        timed(
-            || format!("network {network}"),
-            t.create,
-            rt.ensure_network(&network),
-        )
-        .await
-        .at(Step::Create)?;
+        guard
+            .run(timed(
+                || format!("network {network}"),
+                t.create,
+                rt.ensure_network(&network),
+            ))
+            .await
+            .at(Step::Create)?;
         let stage_filter = InstanceFilter {
             project: Some(saga.project.name.clone()),
             stage: Some(saga.stage.name.clone()),
         };
         let existing = self
-            .inner
-            .store
-            .list_instances(&stage_filter)
+            .list_instances_timed(&stage_filter)
             .await
             .at(Step::Create)?;
         let previous = existing.iter().find(|i| i.active).cloned();
@@ -375,12 +446,18 @@ impl Engine {
             updated_at: now,
         };
         saga.deployment.instance_id = Some(id.clone());
-        self.put_instance(&instance).await.at(Step::Create)?;
         saga.undo
             .push((Step::Create, Undo::DeleteInstance(id.clone())));
+        self.write(&saga.fence, std::slice::from_ref(&instance), None)
+            .await
+            .at(Step::Create)?;
 
         let mut container_labels = saga.project.labels.clone();
         container_labels.extend(self.managed_selector());
+        container_labels.insert(
+            labels::STORE.into(),
+            self.store_id().await.at(Step::Create)?,
+        );
         container_labels.insert(labels::PROJECT.into(), p.clone());
         container_labels.insert(labels::STAGE.into(), s.clone());
         container_labels.insert(labels::TAG.into(), tag.clone());
@@ -394,35 +471,44 @@ impl Engine {
             volumes: saga.project.volumes.clone(),
             network: Some(network),
             port,
-            publish: self.inner.settings.publish,
+            // Nothing to publish without a port: the gate is then "still up after settle".
+            publish: self.inner.settings.publish && port.is_some(),
         };
-        let container_id = timed(
-            || format!("create of {}", spec.name),
-            t.create,
-            rt.create_container(&spec),
-        )
-        .await
-        .at(Step::Create)?;
+        // Pushed before the call: a create whose answer was lost still made the container.
         saga.undo
-            .push((Step::Create, Undo::RemoveContainer(container_id.clone())));
+            .push((Step::Create, Undo::RemoveContainer(spec.name.clone())));
+        let container_id = guard
+            .run(timed(
+                || format!("create of {}", spec.name),
+                t.create,
+                rt.create_container(&spec),
+            ))
+            .await
+            .at(Step::Create)?;
         instance.container_id = Some(container_id.clone());
-        self.put_instance(&instance).await.at(Step::Create)?;
         saga.deployment.log(
             Step::Create,
             StepStatus::Done,
             format!("created {}", instance.container_name),
         );
-        // Checkpoint: the record now names its instance, for reconcile after a crash.
-        self.record(&saga.deployment).await.at(Step::Create)?;
-
-        // 4. Start and health-gate.
-        timed(
-            || format!("start of {}", instance.container_name),
-            t.start,
-            rt.start_container(&container_id),
+        // Checkpoint: the records now name the container, for reconcile after a crash.
+        self.write(
+            &saga.fence,
+            std::slice::from_ref(&instance),
+            Some(&saga.deployment),
         )
         .await
-        .at(Step::Start)?;
+        .at(Step::Create)?;
+
+        // 4. Start and health-gate.
+        guard
+            .run(timed(
+                || format!("start of {}", instance.container_name),
+                t.start,
+                rt.start_container(&container_id),
+            ))
+            .await
+            .at(Step::Start)?;
         saga.deployment.log(
             Step::Start,
             StepStatus::Done,
@@ -439,7 +525,13 @@ impl Engine {
             _ => Gate::Settle,
         };
         let info = self
-            .wait_healthy(&instance.container_name, &container_id, &health, gate)
+            .wait_healthy(
+                &instance.container_name,
+                &container_id,
+                &health,
+                gate,
+                guard,
+            )
             .await
             .at(Step::Health)?;
         instance.address = info.published.clone();
@@ -450,7 +542,9 @@ impl Engine {
             StepStatus::Done,
             format!("healthy by {}", gate.describe()),
         );
-        self.record(&saga.deployment).await.at(Step::Health)?;
+        self.write(&saga.fence, &[], Some(&saga.deployment))
+            .await
+            .at(Step::Health)?;
 
         // 5. Route: the instance's own domain, then switch the stage's domain (blue-green).
         if let (Some(proxy), Some(upstream)) = (self.inner.proxy.clone(), instance.upstream.clone())
@@ -473,13 +567,14 @@ impl Engine {
                     previous: before,
                 },
             ));
-            timed(
-                || format!("route {}", route.domain),
-                t.route,
-                proxy.ensure_route(&route),
-            )
-            .await
-            .at(Step::Route)?;
+            guard
+                .run(timed(
+                    || format!("route {}", route.domain),
+                    t.route,
+                    proxy.ensure_route(&route),
+                ))
+                .await
+                .at(Step::Route)?;
             saga.deployment.log(
                 Step::Route,
                 StepStatus::Done,
@@ -502,13 +597,14 @@ impl Engine {
                     previous: before,
                 },
             ));
-            timed(
-                || format!("route {stage_domain}"),
-                t.route,
-                proxy.ensure_route(&route),
-            )
-            .await
-            .at(Step::Switch)?;
+            guard
+                .run(timed(
+                    || format!("route {stage_domain}"),
+                    t.route,
+                    proxy.ensure_route(&route),
+                ))
+                .await
+                .at(Step::Switch)?;
             saga.deployment.log(
                 Step::Switch,
                 StepStatus::Done,
@@ -524,7 +620,9 @@ impl Engine {
             saga.deployment.log(Step::Switch, StepStatus::Skipped, why);
         }
 
-        // 6. Retire the oldest instances past max_instances: routes first, then stop.
+        // 6. Commit: the new instance is active, the oldest past max_instances retire. One
+        // fenced write: a holder that lost its lease cannot commit.
+        guard.check().at(Step::Commit)?;
         let max = saga.stage.max_instances.max(1) as usize;
         let mut others: Vec<Instance> = existing
             .into_iter()
@@ -532,105 +630,88 @@ impl Engine {
             .collect();
         others.sort_by_key(|i| i.created_at);
         let excess = (others.len() + 1).saturating_sub(max);
-        let to_retire: Vec<Instance> = others.into_iter().take(excess).collect();
-        if to_retire.is_empty() {
-            saga.deployment.log(
-                Step::Retire,
-                StepStatus::Skipped,
-                format!("{max} instance(s) allowed"),
-            );
-        }
-        if !self.inner.settings.drain.is_zero()
-            && self.inner.proxy.is_some()
-            && to_retire.iter().any(|i| i.active)
-        {
-            // Let requests already sent to the old version finish.
-            tokio::time::sleep(self.inner.settings.drain).await;
-        }
-        for old in to_retire {
-            if let Some(proxy) = self.inner.proxy.clone()
-                && old.domain != instance.domain
-            {
-                let before = self.route_of(&old.domain, &old, &saga.project);
-                saga.undo.push((
-                    Step::Retire,
-                    Undo::RestoreRoute {
-                        domain: old.domain.clone(),
-                        previous: before,
-                    },
-                ));
-                timed(
-                    || format!("route removal {}", old.domain),
-                    t.route,
-                    proxy.remove_route(&old.domain),
-                )
-                .await
-                .at(Step::Retire)?;
-            }
-            if let Some(cid) = &old.container_id
-                && old.state == InstanceState::Running
-            {
-                timed(
-                    || format!("stop of {}", old.container_name),
-                    t.retire,
-                    rt.stop_container(cid, self.inner.settings.stop_grace),
-                )
-                .await
-                .at(Step::Retire)?;
-                saga.undo
-                    .push((Step::Retire, Undo::StartContainer(cid.clone())));
-            }
-            saga.deployment.log(
-                Step::Retire,
-                StepStatus::Done,
-                format!("stopped {} ({})", old.id, old.tag),
-            );
-            saga.retired.push(old);
-        }
-
-        // 7. Record. The new instance's record going active is the commit point: a process
-        // killed before it is rolled back by reconcile, one killed after it is completed.
+        let retire: Vec<Instance> = others.drain(..excess).collect();
         let now = Utc::now();
         instance.state = InstanceState::Running;
         instance.active = true;
         instance.updated_at = now;
-        self.put_instance(&instance).await.at(Step::Record)?;
-        if let Some(prev) = &previous
-            && !saga.retired.iter().any(|r| r.id == prev.id)
-        {
-            let mut demoted = prev.clone();
-            demoted.active = false;
-            demoted.updated_at = now;
-            saga.undo
-                .push((Step::Record, Undo::RestoreInstance(Box::new(prev.clone()))));
-            self.put_instance(&demoted).await.at(Step::Record)?;
+        let mut writes = vec![instance.clone()];
+        for other in &mut others {
+            if other.active {
+                other.active = false;
+                other.updated_at = now;
+                writes.push(other.clone());
+            }
         }
-        for old in &saga.retired {
+        for old in &retire {
             let mut r = old.clone();
             r.state = InstanceState::Retiring;
             r.active = false;
             r.updated_at = now;
-            saga.undo
-                .push((Step::Record, Undo::RestoreInstance(Box::new(old.clone()))));
-            self.put_instance(&r).await.at(Step::Record)?;
+            writes.push(r);
         }
-        saga.deployment.replaced = saga.retired.iter().map(|i| i.id.clone()).collect();
-        saga.deployment.status = DeployStatus::Succeeded;
+        saga.deployment.replaced = retire.iter().map(|i| i.id.clone()).collect();
         saga.deployment.log(
-            Step::Record,
+            Step::Commit,
             StepStatus::Done,
-            format!("{} is live", instance.id),
+            format!("{} is active", instance.id),
         );
-        saga.deployment.finished_at = Some(Utc::now());
-        if let Err(e) = self.record(&saga.deployment).await {
-            saga.deployment.status = DeployStatus::InProgress;
-            saga.deployment.finished_at = None;
-            return Err(Failed {
-                step: Step::Record,
-                error: e,
-            });
+        if let Err(error) = self
+            .write(&saga.fence, &writes, Some(&saga.deployment))
+            .await
+        {
+            saga.deployment.steps.pop();
+            // The write may have landed even so (an answer lost after the commit): read it back.
+            return match self.landed(&instance).await {
+                Ok(true) => {
+                    tracing::warn!(deployment = %saga.deployment.id, error = %error.chain(), "the commit landed although its write reported an error");
+                    saga.deployment.log(
+                        Step::Commit,
+                        StepStatus::Done,
+                        format!(
+                            "{} is active (the write reported {}, but landed)",
+                            instance.id,
+                            error.chain()
+                        ),
+                    );
+                    Ok(self.committed(instance, retire, others))
+                }
+                Ok(false) => Err(error).at(Step::Commit),
+                Err(_) => Err(Failed {
+                    step: Step::Commit,
+                    error,
+                    unknown: true,
+                }),
+            };
         }
-        Ok(instance)
+        saga.undo.clear();
+        Ok(self.committed(instance, retire, others))
+    }
+
+    fn committed(
+        &self,
+        instance: Instance,
+        retire: Vec<Instance>,
+        others: Vec<Instance>,
+    ) -> Committed {
+        let mut survivors = others;
+        survivors.push(instance.clone());
+        Committed {
+            instance,
+            retire,
+            survivors,
+        }
+    }
+
+    /// Whether the commit of `instance` is in the store.
+    async fn landed(&self, instance: &Instance) -> Result<bool> {
+        let stored = timed(
+            || "store read".into(),
+            self.inner.settings.timeouts.record,
+            self.inner.store.get_instance(&instance.id),
+        )
+        .await?;
+        Ok(stored.is_some_and(|i| i.active && i.deployment_id == instance.deployment_id))
     }
 
     /// The route a live instance has for `domain`, rebuilt from its record.
@@ -642,17 +723,118 @@ impl Engine {
         })
     }
 
-    /// After the record: remove retired containers (best effort; reconcile finishes the job),
-    /// notify.
-    async fn finish(&self, saga: Saga, instance: Instance) -> Deployment {
-        let rt = &self.inner.runtime;
-        let call = self.inner.settings.timeouts.call;
-        for old in &saga.retired {
+    /// After the commit: retire the replaced instances (routes first, then stop, then remove),
+    /// record the success, notify. Nothing here is compensated: a failure is logged and left
+    /// for reconcile, which finishes retiring.
+    async fn roll_forward(&self, mut saga: Saga, c: Committed, guard: &Guard) -> Deployment {
+        let rt = self.inner.runtime.clone();
+        let t = self.inner.settings.timeouts.clone();
+        if c.retire.is_empty() {
+            saga.deployment.log(
+                Step::Retire,
+                StepStatus::Skipped,
+                format!("{} instance(s) allowed", saga.stage.max_instances.max(1)),
+            );
+        }
+        if !self.inner.settings.drain.is_zero()
+            && self.inner.proxy.is_some()
+            && c.retire.iter().any(|i| i.active)
+        {
+            // Let requests already sent to the old version finish.
+            tokio::time::sleep(self.inner.settings.drain).await;
+        }
+        let mut removable = Vec::new();
+        for old in &c.retire {
+            if guard.lease_lost() {
+                saga.deployment.log(
+                    Step::Retire,
+                    StepStatus::Failed,
+                    format!(
+                        "lease lost: retiring {} is left to the stage's next operation",
+                        old.id
+                    ),
+                );
+                break;
+            }
+            let mut problem = None;
+            // A domain another remaining instance shares (the same tag twice) stays routed.
+            if let Some(proxy) = self.inner.proxy.clone()
+                && !c.survivors.iter().any(|i| i.domain == old.domain)
+                && let Err(e) = timed(
+                    || format!("route removal {}", old.domain),
+                    t.route,
+                    proxy.remove_route(&old.domain),
+                )
+                .await
+            {
+                problem = Some(e);
+            }
+            if problem.is_none()
+                && let Some(cid) = &old.container_id
+                && let Err(e) = timed(
+                    || format!("stop of {}", old.container_name),
+                    t.retire,
+                    rt.stop_container(cid, self.inner.settings.stop_grace),
+                )
+                .await
+                // A container already gone needs no stopping.
+                && e.kind() != crate::error::ErrorKind::NotFound
+            {
+                problem = Some(e);
+            }
+            match problem {
+                None => {
+                    saga.deployment.log(
+                        Step::Retire,
+                        StepStatus::Done,
+                        format!("stopped {} ({})", old.id, old.tag),
+                    );
+                    removable.push(old.clone());
+                }
+                Some(e) => {
+                    tracing::warn!(instance = %old.id, error = %e.chain(), "retiring failed; reconcile finishes it");
+                    saga.deployment.log(
+                        Step::Retire,
+                        StepStatus::Failed,
+                        format!(
+                            "retiring {} failed ({}); reconcile finishes it",
+                            old.id,
+                            e.chain()
+                        ),
+                    );
+                }
+            }
+        }
+
+        // 8. Record.
+        let d = &mut saga.deployment;
+        d.status = DeployStatus::Succeeded;
+        d.log(
+            Step::Record,
+            StepStatus::Done,
+            format!("{} is live", c.instance.id),
+        );
+        d.finished_at = Some(Utc::now());
+        if let Err(e) = self.write(&saga.fence, &[], Some(d)).await {
+            tracing::warn!(deployment = %d.id, error = %e.chain(), "could not record the deploy's success; reconcile completes the record");
+            d.log(
+                Step::Record,
+                StepStatus::Failed,
+                format!(
+                    "the record write failed ({}); the deploy is live and reconcile completes \
+                     its record",
+                    e.chain()
+                ),
+            );
+        }
+
+        // Remove retired containers (best effort; reconcile finishes the job).
+        for old in &removable {
             let removed = match &old.container_id {
                 Some(cid) => {
                     timed(
                         || "container removal".into(),
-                        call,
+                        t.call,
                         rt.remove_container(cid),
                     )
                     .await
@@ -661,7 +843,13 @@ impl Engine {
             };
             match removed {
                 Ok(()) => {
-                    if let Err(e) = self.inner.store.delete_instance(&old.id).await {
+                    let deleted = timed(
+                        || "store write".into(),
+                        t.record,
+                        self.inner.store.delete_instance(&old.id),
+                    )
+                    .await;
+                    if let Err(e) = deleted {
                         tracing::warn!(instance = %old.id, error = %e, "retired instance record left; reconcile removes it");
                     }
                 }
@@ -671,8 +859,8 @@ impl Engine {
             }
         }
         let d = saga.deployment;
-        tracing::info!(deployment = %d.id, instance = %instance.id, replaced = ?d.replaced, "deploy succeeded");
-        let url = self.url_of(&saga.project, &saga.stage, &instance);
+        tracing::info!(deployment = %d.id, instance = %c.instance.id, replaced = ?d.replaced, "deploy succeeded");
+        let url = self.url_of(&saga.project, &saga.stage, &c.instance);
         let message = format!(
             "{} is live in {}/{}",
             d.image.familiar(),
@@ -704,11 +892,28 @@ impl Engine {
     }
 
     /// Roll back: run the compensations in reverse, record the failure, notify.
-    async fn fail(&self, mut saga: Saga, failed: Failed) -> Deployment {
-        let Failed { step, error } = failed;
+    async fn fail(&self, mut saga: Saga, failed: Failed, guard: &Guard) -> Deployment {
+        let Failed {
+            step,
+            error,
+            unknown,
+        } = failed;
         tracing::warn!(deployment = %saga.deployment.id, %step, error = %error.chain(), "deploy failed; rolling back");
         saga.deployment.log(step, StepStatus::Failed, error.chain());
-        self.compensate(&mut saga).await;
+        if unknown {
+            // The commit may or may not have landed: undoing either way could take down what
+            // serves. Leave both versions as they are; reconcile reads the store and decides.
+            saga.deployment.log(
+                step,
+                StepStatus::Failed,
+                "the commit's outcome is unknown: nothing rolled back; the stage's next \
+                 operation settles it",
+            );
+        } else {
+            // With the lease lost, routes are the new holder's to decide: undo only what this
+            // deploy made (its container and record).
+            self.compensate(&mut saga, guard.lease_lost()).await;
+        }
         let d = &mut saga.deployment;
         d.status = DeployStatus::Failed;
         d.finished_at = Some(Utc::now());
@@ -718,8 +923,18 @@ impl Engine {
             message: error.chain(),
             logs: error.logs().to_vec(),
         });
-        if let Err(e) = self.record(d).await {
-            tracing::error!(deployment = %d.id, error = %e, "could not record the failed deployment; reconcile marks it");
+        if !unknown {
+            // Our own record: written even after losing the lease (the new holder may have
+            // marked it interrupted; this says what really happened).
+            let r = timed(
+                || "store write".into(),
+                self.inner.settings.timeouts.record,
+                self.inner.store.put_deployment(d),
+            )
+            .await;
+            if let Err(e) = r {
+                tracing::error!(deployment = %d.id, error = %e, "could not record the failed deployment; reconcile marks it");
+            }
         }
         let message = format!(
             "deploy of {} to {}/{} failed at {step}: {}; the previous version keeps serving",
@@ -733,7 +948,7 @@ impl Engine {
         saga.deployment
     }
 
-    async fn compensate(&self, saga: &mut Saga) {
+    async fn compensate(&self, saga: &mut Saga, lease_lost: bool) {
         let rt = &self.inner.runtime;
         let t = &self.inner.settings.timeouts;
         while let Some((step, undo)) = saga.undo.pop() {
@@ -756,6 +971,14 @@ impl Engine {
                     )
                     .await,
                 ),
+                Undo::RestoreRoute { domain, .. } if lease_lost => {
+                    saga.deployment.log(
+                        step,
+                        StepStatus::Skipped,
+                        format!("route {domain} left to the stage's next operation (lease lost)"),
+                    );
+                    continue;
+                }
                 Undo::RestoreRoute { domain, previous } => {
                     let r = match (&self.inner.proxy, previous) {
                         (Some(p), Some(route)) => {
@@ -772,14 +995,6 @@ impl Engine {
                     };
                     (what, r)
                 }
-                Undo::StartContainer(id) => (
-                    format!("start container {id} again"),
-                    timed(|| "container start".into(), t.start, rt.start_container(id)).await,
-                ),
-                Undo::RestoreInstance(i) => (
-                    format!("restore instance record {}", i.id),
-                    self.put_instance(i).await,
-                ),
             };
             match r {
                 Ok(()) => saga.deployment.log(step, StepStatus::Undone, what),
@@ -793,5 +1008,31 @@ impl Engine {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_digest_of_the_deployed_repository_is_chosen() {
+        let image = ImageRef::parse("skipper-test/app:v1").unwrap();
+        let digests = vec![
+            "127.0.0.1:5055/team/app@sha256:aaaa".to_owned(),
+            "skipper-test/app@sha256:bbbb".to_owned(),
+        ];
+        assert_eq!(digest_for(&image, &digests).as_deref(), Some("sha256:bbbb"));
+        let pushed = ImageRef::parse("127.0.0.1:5055/team/app:v1").unwrap();
+        assert_eq!(
+            digest_for(&pushed, &digests).as_deref(),
+            Some("sha256:aaaa")
+        );
+        let local = ImageRef::parse("app:v1").unwrap();
+        assert_eq!(
+            digest_for(&local, &digests),
+            None,
+            "another repository's digest is no use"
+        );
     }
 }

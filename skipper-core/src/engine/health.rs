@@ -2,10 +2,13 @@
 
 use tokio::time::Instant;
 
-use super::{Engine, timed};
+use super::{Engine, Guard, timed};
 use crate::backend::{ContainerInfo, HealthStatus, RunState};
 use crate::error::{Error, Result};
 use crate::model::HealthCheck;
+
+/// The first wait between probes; each later wait doubles, up to the health check's interval.
+const FIRST_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// How a container's health is judged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,16 +40,18 @@ impl Engine {
         container_id: &str,
         health: &HealthCheck,
         gate: Gate<'_>,
+        guard: &Guard,
     ) -> Result<ContainerInfo> {
         let rt = &self.inner.runtime;
         let call = self.inner.settings.timeouts.call;
         let started = Instant::now();
         let deadline = started + health.deadline;
         let mut last: String;
+        // Probe at once, then back off toward the interval: an app that listens a moment after
+        // its start is seen then, not a whole interval later.
+        let mut wait = FIRST_RETRY.min(health.interval);
         loop {
-            if self.inner.shutdown.is_cancelled() {
-                return Err(Error::ShuttingDown);
-            }
+            guard.check()?;
             let info = timed(
                 || format!("inspect of {container}"),
                 call,
@@ -115,7 +120,7 @@ impl Engine {
                     }
                 },
             }
-            if Instant::now() + health.interval > deadline {
+            if Instant::now() + wait > deadline {
                 let reason = format!(
                     "not healthy within {} by {}; last result: {last}",
                     humantime::format_duration(health.deadline),
@@ -124,9 +129,10 @@ impl Engine {
                 return Err(self.unhealthy(container, container_id, reason).await);
             }
             tokio::select! {
-                _ = tokio::time::sleep(health.interval) => {}
-                _ = self.inner.shutdown.cancelled() => return Err(Error::ShuttingDown),
+                _ = tokio::time::sleep(wait) => {}
+                e = guard.stopped() => return Err(e),
             }
+            wait = (wait * 2).min(health.interval);
         }
     }
 

@@ -1,21 +1,35 @@
 //! Leases: one operation per stage (or per any key) at a time, across processes.
+//!
+//! A lease lives in the store with a time to live, renewed in the background while held. Two
+//! things make it safe to run unattended:
+//! - **A dead holder on this host is taken over at once.** Every holder names its process
+//!   (host, boot id, pid and the pid's start time, see [`Holder`]). A waiter that finds the lease
+//!   held by a process of this host that no longer exists takes it over without waiting out the
+//!   TTL; the TTL matters only for holders on other hosts.
+//! - **A lost lease stops the operation.** When renewal finds the lease taken by someone else (or
+//!   cannot renew it for a whole TTL), the lease's `lost` token fires; the deploy saga checks it
+//!   between steps and its store writes are fenced ([`Store::put_fenced`]), so a holder that was
+//!   paused past its lease can never commit over the new holder's work.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::Engine;
-use crate::backend::Store;
+use crate::backend::{Fence, Store};
 use crate::error::{Error, Result};
 
 /// A held lease, renewed in the background until released or dropped. Dropping it releases it
-/// in the background; a process that dies simply stops renewing, and the lease expires.
+/// in the background; a process that dies simply stops renewing, and the lease expires (or is
+/// taken over at once by a process on the same host, which can tell the holder is gone).
 pub struct Lease {
     store: Arc<dyn Store>,
     key: String,
     holder: String,
+    lost: CancellationToken,
     renew: Option<JoinHandle<()>>,
 }
 
@@ -24,6 +38,7 @@ impl std::fmt::Debug for Lease {
         f.debug_struct("Lease")
             .field("key", &self.key)
             .field("holder", &self.holder)
+            .field("lost", &self.lost.is_cancelled())
             .finish_non_exhaustive()
     }
 }
@@ -36,6 +51,30 @@ impl Lease {
         }
         if let Err(e) = self.store.unlock(&self.key, &self.holder).await {
             tracing::warn!(key = %self.key, error = %e, "could not release a lease; it expires by itself");
+        }
+    }
+
+    /// The lease key.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Whether the lease was lost (taken by another holder, or not renewable for a whole TTL).
+    /// Work done under it must stop.
+    pub fn is_lost(&self) -> bool {
+        self.lost.is_cancelled()
+    }
+
+    /// A token that is cancelled when the lease is lost.
+    pub fn lost_token(&self) -> CancellationToken {
+        self.lost.clone()
+    }
+
+    /// The fence for writes made under this lease.
+    pub fn fence(&self) -> Fence {
+        Fence {
+            key: self.key.clone(),
+            holder: self.holder.clone(),
         }
     }
 }
@@ -60,6 +99,105 @@ pub(crate) fn stage_key(project: &str, stage: &str) -> String {
     format!("stage/{project}/{stage}")
 }
 
+/// Who holds a lease: `proc:<host>:<boot id>:<pid>:<start time>/<engine>/<acquisition>`, so a
+/// process on the same host can tell whether the holder still exists. On systems without
+/// `/proc` the process part is `host:<host>:<pid>`, and only the TTL frees a dead holder's lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Holder {
+    host: String,
+    boot: Option<String>,
+    pid: u32,
+    start: Option<String>,
+}
+
+impl Holder {
+    /// This process.
+    pub(crate) fn this_process() -> Self {
+        let pid = std::process::id();
+        Self {
+            host: hostname(),
+            boot: read_trimmed("/proc/sys/kernel/random/boot_id"),
+            pid,
+            start: process_start(pid),
+        }
+    }
+
+    /// The process part of a holder string.
+    pub(crate) fn encode(&self) -> String {
+        match (&self.boot, &self.start) {
+            (Some(boot), Some(start)) => {
+                format!("proc:{}:{boot}:{}:{start}", self.host, self.pid)
+            }
+            _ => format!("host:{}:{}", self.host, self.pid),
+        }
+    }
+
+    /// Parse the process part of a holder string (`None` for holders that name no process).
+    pub(crate) fn decode(holder: &str) -> Option<Self> {
+        let process = holder.split('/').next()?;
+        let mut parts = process.split(':');
+        match parts.next()? {
+            "proc" => {
+                let host = parts.next()?.to_owned();
+                let boot = parts.next()?.to_owned();
+                let pid = parts.next()?.parse().ok()?;
+                let start = parts.next()?.to_owned();
+                Some(Self {
+                    host,
+                    boot: Some(boot),
+                    pid,
+                    start: Some(start),
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether this holder is a process of this host that no longer exists. `false` when it
+    /// cannot be told (another host, no `/proc`): then only the TTL frees its lease.
+    pub(crate) fn is_dead_here(&self) -> bool {
+        let me = Self::this_process();
+        let (Some(my_boot), Some(boot)) = (&me.boot, &self.boot) else {
+            return false;
+        };
+        if self.host != me.host {
+            return false;
+        }
+        if boot != my_boot {
+            // The same host, booted since: every process of the old boot is gone.
+            return true;
+        }
+        match process_start(self.pid) {
+            None => true,
+            // A pid reused by another process since.
+            Some(start) => Some(start) != self.start,
+        }
+    }
+}
+
+fn hostname() -> String {
+    read_trimmed("/proc/sys/kernel/hostname")
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "host".into())
+        .replace([':', '/'], "_")
+}
+
+fn read_trimmed(path: &str) -> Option<String> {
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+}
+
+/// A process's start time (clock ticks since boot, field 22 of `/proc/<pid>/stat`): with the
+/// pid, it names one process for the life of the boot.
+fn process_start(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: count after it.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19).map(str::to_owned)
+}
+
 impl Engine {
     /// Take the stage's lease, waiting up to `lock_wait` for another holder.
     pub(crate) async fn lock_stage(&self, project: &str, stage: &str) -> Result<Lease> {
@@ -82,14 +220,29 @@ impl Engine {
         self.lease(&stage_key(project, stage), wait).await
     }
 
+    /// Whether the holder of lease `key` (if any) is alive, as far as this host can tell:
+    /// `false` when the lease is free or its holder is a process of this host that is gone.
+    pub(crate) async fn lease_is_live(&self, key: &str) -> Result<bool> {
+        let holder = super::timed(
+            || "lease lookup".into(),
+            self.inner.settings.timeouts.record,
+            self.inner.store.lease_holder(key),
+        )
+        .await?;
+        Ok(holder.is_some_and(|h| !Holder::decode(&h).is_some_and(|p| p.is_dead_here())))
+    }
+
     /// Take the lease `key` in the store, waiting up to `wait` for another holder (in this
-    /// process or another); `None` if it stayed busy. The lease is renewed in the background
-    /// (every third of the engine's `lock_ttl`) until it is released or dropped.
+    /// process or another); `None` if it stayed busy. A lease held by a process of this host
+    /// that no longer exists (killed with `kill -9`, say) is taken over at once. The lease is
+    /// renewed in the background (every third of the engine's `lock_ttl`) until it is released
+    /// or dropped; if renewal finds it taken, [`Lease::is_lost`] turns true.
     ///
     /// Deploys take `stage/<project>/<stage>`; embedders may use other keys for their own
     /// cross-process exclusion (the registry watcher takes `watch/<repository>`).
     pub async fn lease(&self, key: &str, wait: Duration) -> Result<Option<Lease>> {
         let s = &self.inner.settings;
+        let limit = s.timeouts.record;
         let store = self.inner.store.clone();
         let key = key.to_owned();
         // A holder per acquisition: two operations in one process exclude each other too.
@@ -97,8 +250,31 @@ impl Engine {
         let deadline = Instant::now() + wait;
         let mut delay = Duration::from_millis(25);
         loop {
-            if store.try_lock(&key, &holder, s.lock_ttl).await? {
+            let taken = super::timed(
+                || format!("lease {key}"),
+                limit,
+                store.try_lock(&key, &holder, s.lock_ttl),
+            )
+            .await?;
+            if taken {
                 break;
+            }
+            let current =
+                super::timed(|| format!("lease {key}"), limit, store.lease_holder(&key)).await?;
+            if let Some(dead) =
+                current.filter(|h| Holder::decode(h).is_some_and(|p| p.is_dead_here()))
+            {
+                let took = super::timed(
+                    || format!("lease {key}"),
+                    limit,
+                    store.take_over_lock(&key, &dead, &holder, s.lock_ttl),
+                )
+                .await?;
+                if took {
+                    tracing::warn!(%key, previous = %dead, "took over a lease whose holder process is gone");
+                    break;
+                }
+                continue;
             }
             if Instant::now() >= deadline {
                 return Ok(None);
@@ -107,19 +283,34 @@ impl Engine {
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_millis(500));
         }
+        let lost = CancellationToken::new();
         let renew = {
-            let (store, key, holder, ttl) =
-                (store.clone(), key.clone(), holder.clone(), s.lock_ttl);
+            let (store, key, holder, ttl, lost) = (
+                store.clone(),
+                key.clone(),
+                holder.clone(),
+                s.lock_ttl,
+                lost.clone(),
+            );
             tokio::spawn(async move {
+                let mut renewed = Instant::now();
                 loop {
                     tokio::time::sleep(ttl / 3).await;
-                    match store.try_lock(&key, &holder, ttl).await {
-                        Ok(true) => {}
-                        Ok(false) => {
-                            tracing::error!(%key, "lost a lease (it expired and was taken)");
+                    let r = tokio::time::timeout(ttl / 3, store.try_lock(&key, &holder, ttl)).await;
+                    match r {
+                        Ok(Ok(true)) => renewed = Instant::now(),
+                        Ok(Ok(false)) => {
+                            tracing::error!(%key, "lost a lease (it expired and was taken); stopping the operation");
+                            lost.cancel();
                             return;
                         }
-                        Err(e) => tracing::warn!(%key, error = %e, "could not renew a lease"),
+                        Ok(Err(e)) => tracing::warn!(%key, error = %e, "could not renew a lease"),
+                        Err(_) => tracing::warn!(%key, "renewing a lease timed out"),
+                    }
+                    if renewed.elapsed() >= ttl {
+                        tracing::error!(%key, "could not renew a lease for a whole ttl; stopping the operation");
+                        lost.cancel();
+                        return;
                     }
                 }
             })
@@ -128,7 +319,47 @@ impl Engine {
             store,
             key,
             holder,
+            lost,
             renew: Some(renew),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_is_alive_and_round_trips() {
+        let me = Holder::this_process();
+        let holder = format!("{}/engine/acq", me.encode());
+        let back = Holder::decode(&holder).expect("decodes");
+        assert_eq!(back, me);
+        assert!(!back.is_dead_here(), "this process is alive");
+    }
+
+    #[test]
+    fn a_process_that_exited_is_dead_and_others_cannot_be_told() {
+        let mut child = std::process::Command::new("true").spawn().expect("spawn");
+        let pid = child.id();
+        child.wait().expect("wait");
+        let me = Holder::this_process();
+        let gone = Holder { pid, ..me.clone() };
+        assert!(gone.is_dead_here(), "{gone:?}");
+        // Our own pid with another start time: the pid was reused, the holder is gone.
+        let reused = Holder {
+            start: Some("1".into()),
+            ..me.clone()
+        };
+        assert!(reused.is_dead_here());
+        // Another host, or an old boot of another host: cannot tell.
+        let elsewhere = Holder {
+            host: "elsewhere".into(),
+            pid,
+            ..me.clone()
+        };
+        assert!(!elsewhere.is_dead_here());
+        // No process part at all (an embedder's holder): cannot tell.
+        assert!(Holder::decode("someone-else").is_none());
     }
 }

@@ -29,7 +29,7 @@ use crate::backend::{
     ProxyManager, Registry, Runtime, Store,
 };
 use crate::error::{Error, ErrorKind, Result};
-use crate::model::{Deployment, Event, Instance, Project, Trigger, labels};
+use crate::model::{Deployment, Event, Instance, InstanceState, Project, Trigger, labels};
 use crate::reference::ImageRef;
 use crate::subdomain::DomainScheme;
 
@@ -158,6 +158,9 @@ pub struct DeployRequest {
     pub pull: PullPolicy,
     /// Where pull progress goes.
     pub progress: Option<ProgressSender>,
+    /// Cancelling this token interrupts the deploy between steps (a signal, a cancelled job):
+    /// before the commit point it rolls back, after it the deploy finishes.
+    pub cancel: Option<CancellationToken>,
 }
 
 impl DeployRequest {
@@ -171,6 +174,7 @@ impl DeployRequest {
             trigger: Trigger::Manual,
             pull: PullPolicy::Always,
             progress: None,
+            cancel: None,
         }
     }
 
@@ -241,9 +245,8 @@ impl EngineBuilder {
     /// Build the engine.
     pub fn build(self) -> Engine {
         let holder = format!(
-            "{}-{}-{}",
-            std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into()),
-            std::process::id(),
+            "{}/{}",
+            lock::Holder::this_process().encode(),
             crate::model::new_id()
         );
         Engine {
@@ -256,6 +259,7 @@ impl EngineBuilder {
                 credentials: self.credentials,
                 settings: self.settings,
                 holder,
+                store_id: tokio::sync::OnceCell::new(),
                 tracker: TaskTracker::new(),
                 shutdown: CancellationToken::new(),
                 closing: AtomicBool::new(false),
@@ -273,6 +277,7 @@ struct Inner {
     credentials: HashMap<String, Credentials>,
     settings: EngineSettings,
     holder: String,
+    store_id: tokio::sync::OnceCell<String>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
     closing: AtomicBool,
@@ -291,6 +296,77 @@ impl std::fmt::Debug for Engine {
             .field("proxy", &self.inner.proxy.is_some())
             .field("notifiers", &self.inner.notifiers.len())
             .finish_non_exhaustive()
+    }
+}
+
+/// Why a deploy must stop between steps: its lease was lost, its caller cancelled it, or the
+/// engine is shutting down.
+pub(crate) struct Guard {
+    key: String,
+    lost: CancellationToken,
+    cancel: Option<CancellationToken>,
+    shutdown: CancellationToken,
+}
+
+impl Guard {
+    /// The error to stop with, if the operation must stop now.
+    pub(crate) fn check(&self) -> Result<()> {
+        if self.lost.is_cancelled() {
+            return Err(Error::LeaseLost {
+                key: self.key.clone(),
+            });
+        }
+        if self
+            .cancel
+            .as_ref()
+            .is_some_and(CancellationToken::is_cancelled)
+        {
+            return Err(interrupted());
+        }
+        if self.shutdown.is_cancelled() {
+            return Err(Error::ShuttingDown);
+        }
+        Ok(())
+    }
+
+    /// Whether the lease was lost.
+    pub(crate) fn lease_lost(&self) -> bool {
+        self.lost.is_cancelled()
+    }
+
+    /// Resolves with the reason once the operation must stop.
+    pub(crate) async fn stopped(&self) -> Error {
+        let cancel = async {
+            match &self.cancel {
+                Some(c) => c.cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = self.lost.cancelled() => Error::LeaseLost { key: self.key.clone() },
+            _ = cancel => interrupted(),
+            _ = self.shutdown.cancelled() => Error::ShuttingDown,
+        }
+    }
+
+    /// Run `fut` unless the operation must stop first (then `fut` is dropped: a call cut short
+    /// may still have acted, which is why every undo is pushed before its action).
+    pub(crate) async fn run<T>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        self.check()?;
+        tokio::select! {
+            biased;
+            e = self.stopped() => Err(e),
+            r = fut => r,
+        }
+    }
+}
+
+fn interrupted() -> Error {
+    Error::Interrupted {
+        reason: "the deploy was interrupted (a signal, or its caller cancelled it)".into(),
     }
 }
 
@@ -356,21 +432,102 @@ impl Engine {
 
     /// A project by name.
     pub async fn project(&self, name: &str) -> Result<Project> {
-        self.inner
-            .store
-            .get_project(name)
+        self.stored(|| "project read", self.inner.store.get_project(name))
             .await?
             .ok_or_else(|| Error::not_found(format!("project {name:?}")))
     }
 
-    /// Instances matching `filter`, oldest first.
+    /// Instances matching `filter`, oldest first, as the store has them.
     pub async fn instances(&self, filter: &InstanceFilter) -> Result<Vec<Instance>> {
-        self.inner.store.list_instances(filter).await
+        self.list_instances_timed(filter).await
     }
 
     /// Deployments matching `filter`, newest first.
     pub async fn deployments(&self, filter: &DeploymentFilter) -> Result<Vec<Deployment>> {
-        self.inner.store.list_deployments(filter).await
+        self.list_deployments_timed(filter).await
+    }
+
+    pub(crate) async fn list_instances_timed(
+        &self,
+        filter: &InstanceFilter,
+    ) -> Result<Vec<Instance>> {
+        self.stored(|| "instance list", self.inner.store.list_instances(filter))
+            .await
+    }
+
+    pub(crate) async fn list_deployments_timed(
+        &self,
+        filter: &DeploymentFilter,
+    ) -> Result<Vec<Deployment>> {
+        self.stored(
+            || "deployment list",
+            self.inner.store.list_deployments(filter),
+        )
+        .await
+    }
+
+    /// Instances matching `filter` as they are now, changing nothing (for read commands such as
+    /// `skipper ps`): each state is what the runtime shows, so drift is visible. An instance
+    /// whose container is gone shows as `missing`, one whose container exited as `exited`, and
+    /// one left by a deploy whose process died as `interrupted`. Repairs are for
+    /// [`reconcile`](Self::reconcile) and the mutating operations.
+    pub async fn observe(&self, filter: &InstanceFilter) -> Result<Vec<Instance>> {
+        let mut instances = self.list_instances_timed(filter).await?;
+        if instances.is_empty() {
+            return Ok(instances);
+        }
+        let containers = self.managed_containers(&self.managed_selector()).await?;
+        let by_id: HashMap<&str, &crate::backend::ContainerInfo> =
+            containers.iter().map(|c| (c.id.as_str(), c)).collect();
+        let by_instance: HashMap<&str, &crate::backend::ContainerInfo> = containers
+            .iter()
+            .filter_map(|c| c.labels.get(labels::INSTANCE).map(|i| (i.as_str(), c)))
+            .collect();
+        let mut live_leases: HashMap<String, bool> = HashMap::new();
+        for inst in &mut instances {
+            let container = inst
+                .container_id
+                .as_deref()
+                .and_then(|id| by_id.get(id))
+                .or_else(|| by_instance.get(inst.id.as_str()))
+                .copied();
+            if inst.state == InstanceState::Starting {
+                let key = lock::stage_key(&inst.project, &inst.stage);
+                let live = match live_leases.get(&key) {
+                    Some(l) => *l,
+                    None => {
+                        let l = self.lease_is_live(&key).await?;
+                        live_leases.insert(key, l);
+                        l
+                    }
+                };
+                if !live {
+                    inst.state = InstanceState::Interrupted;
+                }
+                continue;
+            }
+            match container {
+                None => inst.state = InstanceState::Missing,
+                Some(c) => {
+                    if c.published.is_some() {
+                        inst.address = c.published.clone();
+                    }
+                    let running = matches!(
+                        c.state,
+                        crate::backend::RunState::Running | crate::backend::RunState::Restarting
+                    );
+                    if running {
+                        if inst.state != InstanceState::Retiring {
+                            inst.state = InstanceState::Running;
+                        }
+                    } else if matches!(inst.state, InstanceState::Running | InstanceState::Missing)
+                    {
+                        inst.state = InstanceState::Exited;
+                    }
+                }
+            }
+        }
+        Ok(instances)
     }
 
     /// The instance whose id is `id` or starts with `id` (at least 4 characters, unambiguous).
@@ -474,6 +631,23 @@ impl Engine {
         })?
     }
 
+    /// This store's identity (read once), the value of every container's `dev.skipper.store`
+    /// label.
+    pub async fn store_id(&self) -> Result<String> {
+        self.inner
+            .store_id
+            .get_or_try_init(|| async {
+                timed(
+                    || "store identity".into(),
+                    self.inner.settings.timeouts.record,
+                    self.inner.store.store_id(),
+                )
+                .await
+            })
+            .await
+            .cloned()
+    }
+
     /// The labels selecting every container this engine manages.
     fn managed_selector(&self) -> BTreeMap<String, String> {
         let mut sel = BTreeMap::new();
@@ -509,9 +683,17 @@ impl Engine {
             return Ok(Some(c.clone()));
         }
         let store = &self.inner.store;
-        let secret = store.get_credential(&format!("registry/{name}")).await?;
-        let user = store
-            .get_setting(&format!("registry/{name}/username"))
+        let secret = self
+            .stored(
+                || "credential read",
+                store.get_credential(&format!("registry/{name}")),
+            )
+            .await?;
+        let user = self
+            .stored(
+                || "setting read",
+                store.get_setting(&format!("registry/{name}/username")),
+            )
             .await?;
         Ok(match (user, secret) {
             (Some(username), Some(secret)) => Some(Credentials { username, secret }),

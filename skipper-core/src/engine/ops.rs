@@ -47,7 +47,17 @@ impl Engine {
         let this = self.clone();
         self.tracked(async move {
             let lock = this.lock_stage(&found.project, &found.stage).await?;
-            let r = this.instance_op_locked(&found.id, op).await;
+            let r = async {
+                // Repair first: a container recreated by hand gets its real id back, so the
+                // operation acts on the container that is really there.
+                if let Ok(project) = this.project(&found.project).await
+                    && let Ok(stage) = project.stage(&found.stage)
+                {
+                    this.reconcile_stage(&project, stage).await?;
+                }
+                this.instance_op_locked(&found.id, op).await
+            }
+            .await;
             lock.release().await;
             r
         })
@@ -108,7 +118,22 @@ impl Engine {
                     )
                     .await?;
                 }
-                store.delete_instance(&inst.id).await?;
+                // `remove_container` succeeds for a container that is gone: check that none
+                // with this instance's label is left before saying it was removed.
+                let mut selector = self.managed_selector();
+                selector.insert(crate::model::labels::INSTANCE.into(), inst.id.clone());
+                let left = self.managed_containers(&selector).await?;
+                if let Some(c) = left.first() {
+                    return Err(Error::Conflict {
+                        what: format!(
+                            "instance {} still has container {} ({}) after its removal; remove \
+                             it with `docker rm -f {}` and run `skipper reconcile`",
+                            inst.id, c.name, c.id, c.id
+                        ),
+                    });
+                }
+                self.stored(|| "instance delete", store.delete_instance(&inst.id))
+                    .await?;
                 tracing::info!(instance = %inst.id, "instance removed");
                 self.notify(Event {
                     kind: EventKind::InstanceRemoved,
@@ -212,82 +237,85 @@ impl Engine {
     async fn rollback_inner(&self, project_name: &str, stage_name: &str) -> Result<Deployment> {
         let project = self.project(project_name).await?;
         let stage = project.stage(stage_name)?.clone();
-        let store = &self.inner.store;
+        // The lease is held from choosing the target to the end of the redeploy or switch, so
+        // no other deploy slips in between.
         let lock = self.lock_stage(&project.name, &stage.name).await?;
-        let prepared = async {
-            self.reconcile_stage(&project, &stage).await?;
-            let instances = store
-                .list_instances(&InstanceFilter {
-                    project: Some(project.name.clone()),
-                    stage: Some(stage.name.clone()),
-                })
-                .await?;
-            let current = instances.iter().find(|i| i.active).cloned();
-            let history = store
-                .list_deployments(&DeploymentFilter {
-                    project: Some(project.name.clone()),
-                    stage: Some(stage.name.clone()),
-                    limit: None,
-                })
-                .await?;
-            let current_deploy = current.as_ref().map(|c| c.deployment_id.clone());
-            let current_image = current.as_ref().map(|c| (c.tag.clone(), c.digest.clone()));
-            // The newest successful deployment before the current one, of a different version.
-            let target = history
-                .into_iter()
-                .filter(|d| d.status == DeployStatus::Succeeded)
-                .filter(|d| Some(&d.id) != current_deploy.as_ref())
-                .find(|d| match &current_image {
-                    Some((tag, digest)) => {
-                        &d.tag != tag
-                            || (digest.is_some() && d.digest.is_some() && &d.digest != digest)
-                    }
-                    None => true,
-                })
-                .ok_or_else(|| {
-                    Error::not_found(format!(
-                        "an earlier successful version of {}/{} to roll back to",
-                        project.name, stage.name
-                    ))
-                })?;
-            let running = instances
-                .iter()
-                .find(|i| {
-                    i.tag == target.tag
-                        && i.state == InstanceState::Running
-                        && !i.active
-                        && (target.digest.is_none() || i.digest == target.digest)
-                })
-                .cloned();
-            Ok::<_, Error>((current, target, running))
-        }
-        .await;
-        let (current, target, running) = match prepared {
-            Ok(v) => v,
-            Err(e) => {
-                lock.release().await;
-                return Err(e);
-            }
+        let r = self.rollback_locked(project, stage, &lock).await;
+        lock.release().await;
+        r
+    }
+
+    async fn rollback_locked(
+        &self,
+        project: crate::model::Project,
+        stage: crate::model::Stage,
+        lease: &super::Lease,
+    ) -> Result<Deployment> {
+        self.reconcile_stage(&project, &stage).await?;
+        let filter = InstanceFilter {
+            project: Some(project.name.clone()),
+            stage: Some(stage.name.clone()),
         };
+        let instances = self.list_instances_timed(&filter).await?;
+        let current = instances.iter().find(|i| i.active).cloned();
+        let history = self
+            .list_deployments_timed(&DeploymentFilter {
+                project: Some(project.name.clone()),
+                stage: Some(stage.name.clone()),
+                limit: None,
+            })
+            .await?;
+        let current_deploy = current.as_ref().map(|c| c.deployment_id.clone());
+        let current_image = current.as_ref().map(|c| (c.tag.clone(), c.digest.clone()));
+        // The newest successful deployment before the current one, of a different version.
+        let target = history
+            .into_iter()
+            .filter(|d| d.status == DeployStatus::Succeeded)
+            .filter(|d| Some(&d.id) != current_deploy.as_ref())
+            .find(|d| match &current_image {
+                Some((tag, digest)) => {
+                    &d.tag != tag || (digest.is_some() && d.digest.is_some() && &d.digest != digest)
+                }
+                None => true,
+            })
+            .ok_or_else(|| {
+                Error::not_found(format!(
+                    "an earlier successful version of {}/{} to roll back to",
+                    project.name, stage.name
+                ))
+            })?;
+        let running = instances
+            .iter()
+            .find(|i| {
+                i.tag == target.tag
+                    && i.state == InstanceState::Running
+                    && !i.active
+                    && (target.digest.is_none() || i.digest == target.digest)
+            })
+            .cloned();
 
         if let Some(to) = running {
             // Fast path: the old version still runs; switch traffic to it.
-            let r = self
-                .switch_to(&project, &stage, current.as_ref(), &to, &target.image)
+            return self
+                .switch_to(
+                    &project,
+                    &stage,
+                    current.as_ref(),
+                    &to,
+                    &target.image,
+                    lease,
+                )
                 .await;
-            lock.release().await;
-            return r;
         }
-        lock.release().await;
         let image = match &target.digest {
             Some(d) => target.image.with_digest(d)?,
             None => target.image.clone(),
         };
+        let tag = target.tag.clone();
         let mut req = DeployRequest::new(&project.name, &stage.name, image);
         req.trigger = Trigger::Rollback;
         req.pull = PullPolicy::Missing;
-        let this = self.clone();
-        this.deploy_inner(req).await
+        self.deploy_locked(project, stage, tag, req, lease).await
     }
 
     async fn switch_to(
@@ -297,8 +325,10 @@ impl Engine {
         current: Option<&Instance>,
         to: &Instance,
         image: &crate::reference::ImageRef,
+        lease: &super::Lease,
     ) -> Result<Deployment> {
         let store = &self.inner.store;
+        let fence = lease.fence();
         let now = Utc::now();
         let mut d = Deployment {
             id: new_id(),
@@ -322,7 +352,7 @@ impl Engine {
             StepStatus::Done,
             format!("{} still runs as {}", to.tag, to.id),
         );
-        store.put_deployment(&d).await?;
+        self.write(&fence, &[], Some(&d)).await?;
         if let (Some(proxy), Some(upstream)) = (&self.inner.proxy, &to.upstream) {
             let domain = self.inner.settings.domains.stage_domain(
                 &project.name,
@@ -367,7 +397,8 @@ impl Engine {
                     logs: Vec::new(),
                 });
                 d.finished_at = Some(Utc::now());
-                store.put_deployment(&d).await?;
+                self.stored(|| "deployment write", store.put_deployment(&d))
+                    .await?;
                 return Ok(d);
             }
             d.log(
@@ -376,24 +407,25 @@ impl Engine {
                 format!("{domain} → {upstream}"),
             );
         }
+        // The commit: one fenced write, the old version active again.
         let mut promoted = to.clone();
         promoted.active = true;
         promoted.updated_at = now;
-        store.put_instance(&promoted).await?;
+        let mut writes = vec![promoted];
         if let Some(c) = current {
             let mut demoted = c.clone();
             demoted.active = false;
             demoted.updated_at = now;
-            store.put_instance(&demoted).await?;
+            writes.push(demoted);
         }
         d.status = DeployStatus::Succeeded;
         d.finished_at = Some(Utc::now());
         d.log(
-            Step::Record,
+            Step::Commit,
             StepStatus::Done,
             format!("{} is active again", to.id),
         );
-        store.put_deployment(&d).await?;
+        self.write(&fence, &writes, Some(&d)).await?;
         let message = format!("{}/{} rolled back to {}", project.name, stage.name, to.tag);
         let url = self.url_of(project, stage, to);
         self.notify(Event::for_deployment(EventKind::RolledBack, &d, message).with_url(url))

@@ -1,8 +1,20 @@
-//! Reconcile: compare the store with what the runtime and the proxy actually have, and repair.
+//! Reconcile: drive what the runtime and the proxy have toward what the store says.
 //!
-//! Runs before every command on a stage (under its lease) and on demand for everything. It is
-//! idempotent and is not told why it runs: whatever state a killed process left, the outcome is
-//! the same.
+//! Runs before every mutating command on a stage (under its lease) and on demand for
+//! everything. It is idempotent and is not told why it runs: whatever state a killed process
+//! left, the outcome is the same. On every pass:
+//! - deployments a dead process left in progress are settled: completed when their new
+//!   instance was committed active, rolled back otherwise;
+//! - the stage's active instance runs: an exited container is started again, unless a person
+//!   stopped it (`skipper stop` records that); a vanished one is reported and notified;
+//! - container ids, addresses and upstreams follow what the runtime has now (a container
+//!   recreated by hand, a restart that moved its published port);
+//! - routes point where the store says.
+//!
+//! Only containers of this store are touched (label `dev.skipper.store`, see
+//! [`Store::store_id`](crate::backend::Store::store_id)); containers made before stores had an
+//! identity count as this store's only when the store has records of them. Everything else is
+//! reported as foreign and left alone.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -11,10 +23,10 @@ use serde::Serialize;
 
 use super::{Engine, timed};
 use crate::backend::{ContainerInfo, DeploymentFilter, InstanceFilter, Route, RunState};
-use crate::error::ErrorKind;
-use crate::error::Result;
+use crate::error::{ErrorKind, Result};
 use crate::model::{
-    DeployError, DeployStatus, Instance, InstanceState, Project, Stage, Step, StepStatus, labels,
+    DeployError, DeployStatus, Event, EventKind, Instance, InstanceState, Project, Stage, Step,
+    StepStatus, labels,
 };
 
 /// What a reconcile found and repaired.
@@ -30,8 +42,13 @@ pub struct ReconcileReport {
     pub interrupted: Vec<String>,
     /// Domains whose routes were repaired or removed.
     pub routes_repaired: Vec<String>,
-    /// Containers started again because an interrupted deploy had stopped them.
+    /// Active instances whose exited container was started again.
     pub restarted: Vec<String>,
+    /// Instances whose container id, address or upstream was corrected from the runtime.
+    pub updated: Vec<String>,
+    /// Containers that belong to another Skipper store (or to none this store knows): never
+    /// touched (names).
+    pub foreign: Vec<String>,
     /// Stages skipped because another operation holds them.
     pub busy: Vec<String>,
 }
@@ -44,6 +61,7 @@ impl ReconcileReport {
             && self.interrupted.is_empty()
             && self.routes_repaired.is_empty()
             && self.restarted.is_empty()
+            && self.updated.is_empty()
     }
 
     fn merge(&mut self, other: ReconcileReport) {
@@ -53,6 +71,12 @@ impl ReconcileReport {
         self.interrupted.extend(other.interrupted);
         self.routes_repaired.extend(other.routes_repaired);
         self.restarted.extend(other.restarted);
+        self.updated.extend(other.updated);
+        for f in other.foreign {
+            if !self.foreign.contains(&f) {
+                self.foreign.push(f);
+            }
+        }
         self.busy.extend(other.busy);
     }
 }
@@ -62,8 +86,8 @@ fn label<'a>(c: &'a ContainerInfo, key: &str) -> Option<&'a str> {
 }
 
 impl Engine {
-    /// Reconcile every stage of every project, and remove containers of unknown projects.
-    /// Stages busy with another operation are skipped (and listed in the report).
+    /// Reconcile every stage of every project, and remove this store's containers of unknown
+    /// projects. Stages busy with another operation are skipped (and listed in the report).
     pub async fn reconcile(&self) -> Result<ReconcileReport> {
         let this = self.clone();
         self.tracked(async move { this.reconcile_all().await })
@@ -71,22 +95,14 @@ impl Engine {
     }
 
     async fn reconcile_all(&self) -> Result<ReconcileReport> {
-        let call = self.inner.settings.timeouts.call;
         let projects: BTreeMap<String, Project> = self
-            .inner
-            .store
-            .list_projects()
+            .stored(|| "project list", self.inner.store.list_projects())
             .await?
             .into_iter()
             .map(|p| (p.name.clone(), p))
             .collect();
-        let containers = timed(
-            || "container list".into(),
-            call,
-            self.inner.runtime.list_containers(&self.managed_selector()),
-        )
-        .await?;
-        let containers = self.in_scope(containers);
+        let containers = self.managed_containers(&self.managed_selector()).await?;
+        let (containers, foreign) = self.split_owned(containers).await?;
         let mut stages: BTreeSet<(String, String)> = projects
             .values()
             .flat_map(|p| p.stages.keys().map(|s| (p.name.clone(), s.clone())))
@@ -96,7 +112,10 @@ impl Engine {
                 stages.insert((p.to_owned(), s.to_owned()));
             }
         }
-        let mut report = ReconcileReport::default();
+        let mut report = ReconcileReport {
+            foreign: foreign.iter().map(|c| c.name.clone()).collect(),
+            ..ReconcileReport::default()
+        };
         for (p, s) in stages {
             let Some(lock) = self
                 .acquire_stage(&p, &s, std::time::Duration::ZERO)
@@ -115,10 +134,82 @@ impl Engine {
             lock.release().await;
             report.merge(r?);
         }
+        if !report.foreign.is_empty() {
+            tracing::info!(
+                count = report.foreign.len(),
+                "containers belong to another Skipper store; left alone"
+            );
+        }
         Ok(report)
     }
 
-    /// Containers of a project or stage the store does not know: orphans.
+    /// A store call within the record time limit (an embedder's hanging store must not hold a
+    /// stage lease forever).
+    pub(crate) async fn stored<T>(
+        &self,
+        what: impl FnOnce() -> &'static str,
+        fut: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        timed(
+            || format!("store {}", what()),
+            self.inner.settings.timeouts.record,
+            fut,
+        )
+        .await
+    }
+
+    /// Labelled containers of this engine's scope.
+    pub(crate) async fn managed_containers(
+        &self,
+        selector: &BTreeMap<String, String>,
+    ) -> Result<Vec<ContainerInfo>> {
+        let containers = timed(
+            || "container list".into(),
+            self.inner.settings.timeouts.call,
+            self.inner.runtime.list_containers(selector),
+        )
+        .await?;
+        Ok(self.in_scope(containers))
+    }
+
+    /// This store's containers, and the others. A container carrying a store label is this
+    /// store's when the label is this store's id. One without (made before stores had an
+    /// identity) is this store's only if the store has a record of its instance or deployment:
+    /// an empty or another store must never take it for an orphan.
+    pub(crate) async fn split_owned(
+        &self,
+        containers: Vec<ContainerInfo>,
+    ) -> Result<(Vec<ContainerInfo>, Vec<ContainerInfo>)> {
+        let me = self.store_id().await?;
+        let store = &self.inner.store;
+        let (mut ours, mut foreign) = (Vec::new(), Vec::new());
+        for c in containers {
+            let mine = match label(&c, labels::STORE) {
+                Some(id) => id == me,
+                None => {
+                    let instance = match label(&c, labels::INSTANCE) {
+                        Some(i) => self
+                            .stored(|| "instance read", store.get_instance(i))
+                            .await?
+                            .is_some(),
+                        None => false,
+                    };
+                    instance
+                        || match label(&c, labels::DEPLOYMENT) {
+                            Some(d) => self
+                                .stored(|| "deployment read", store.get_deployment(d))
+                                .await?
+                                .is_some(),
+                            None => false,
+                        }
+                }
+            };
+            if mine { ours.push(c) } else { foreign.push(c) }
+        }
+        Ok((ours, foreign))
+    }
+
+    /// This store's containers of a project or stage the store does not know: orphans.
     async fn remove_unowned(
         &self,
         containers: &[ContainerInfo],
@@ -145,6 +236,19 @@ impl Engine {
         .await
     }
 
+    /// This store's containers of one stage, and the foreign ones.
+    pub(crate) async fn stage_containers(
+        &self,
+        project: &str,
+        stage: &str,
+    ) -> Result<(Vec<ContainerInfo>, Vec<ContainerInfo>)> {
+        let mut selector = self.managed_selector();
+        selector.insert(labels::PROJECT.into(), project.to_owned());
+        selector.insert(labels::STAGE.into(), stage.to_owned());
+        let containers = self.managed_containers(&selector).await?;
+        self.split_owned(containers).await
+    }
+
     /// Reconcile one stage. The caller holds the stage's lease, so any deployment still marked
     /// in progress belongs to a process that died.
     pub(crate) async fn reconcile_stage(
@@ -157,25 +261,17 @@ impl Engine {
         let call = self.inner.settings.timeouts.call;
         let mut report = ReconcileReport::default();
 
-        let mut selector = self.managed_selector();
-        selector.insert(labels::PROJECT.into(), project.name.clone());
-        selector.insert(labels::STAGE.into(), stage.name.clone());
-        let containers = timed(
-            || "container list".into(),
-            call,
-            rt.list_containers(&selector),
-        )
-        .await?;
-        let containers = self.in_scope(containers);
+        let (containers, foreign) = self.stage_containers(&project.name, &stage.name).await?;
+        report.foreign = foreign.into_iter().map(|c| c.name).collect();
         let filter = InstanceFilter {
             project: Some(project.name.clone()),
             stage: Some(stage.name.clone()),
         };
-        let mut instances = store.list_instances(&filter).await?;
+        let mut instances = self.list_instances_timed(&filter).await?;
 
         // 1. Settle deployments a dead process left in progress.
-        let history = store
-            .list_deployments(&DeploymentFilter {
+        let history = self
+            .list_deployments_timed(&DeploymentFilter {
                 project: Some(project.name.clone()),
                 stage: Some(stage.name.clone()),
                 limit: Some(50),
@@ -186,7 +282,6 @@ impl Engine {
             .filter(|d| d.status == DeployStatus::Failed)
             .map(|d| d.id.clone())
             .collect();
-        let mut restart_stopped = false;
         for mut d in history
             .into_iter()
             .filter(|d| d.status == DeployStatus::InProgress)
@@ -198,6 +293,7 @@ impl Engine {
                 .is_some_and(|i| i.active);
             let last = d.steps.last().map_or(Step::Validate, |s| s.step);
             if committed {
+                // Past the commit point: roll forward. Retiring instances are removed below.
                 d.status = DeployStatus::Succeeded;
                 d.log(
                     Step::Record,
@@ -208,24 +304,25 @@ impl Engine {
                 for i in instances.iter_mut() {
                     if i.active && Some(&i.id) != d.instance_id.as_ref() {
                         i.active = false;
-                        store.put_instance(i).await?;
+                        self.stored(|| "instance write", store.put_instance(i))
+                            .await?;
                     }
                 }
             } else {
                 d.status = DeployStatus::Failed;
                 d.error = Some(DeployError {
                     step: last,
-                    kind: ErrorKind::Internal,
+                    kind: ErrorKind::Interrupted,
                     message: format!(
                         "interrupted: the process stopped during step {last}; rolled back by reconcile"
                     ),
                     logs: Vec::new(),
                 });
                 failed_deploys.insert(d.id.clone());
-                restart_stopped = true;
             }
             d.finished_at = Some(Utc::now());
-            store.put_deployment(&d).await?;
+            self.stored(|| "deployment write", store.put_deployment(&d))
+                .await?;
             tracing::warn!(deployment = %d.id, status = d.status.as_str(), "settled an interrupted deployment");
             report.interrupted.push(d.id.clone());
         }
@@ -259,24 +356,55 @@ impl Engine {
                     self.remove_container_quietly(&c.id).await?;
                     report.removed_containers.push(c.name.clone());
                 }
-                store.delete_instance(&inst.id).await?;
+                self.stored(|| "instance delete", store.delete_instance(&inst.id))
+                    .await?;
                 continue;
             }
-            let before = (inst.state, inst.address.clone());
+            let before = inst.clone();
             match container {
                 None => {
                     if inst.state != InstanceState::Missing {
                         report.missing.push(inst.id.clone());
+                        if inst.active {
+                            self.notify(Event {
+                                kind: EventKind::InstanceMissing,
+                                project: inst.project.clone(),
+                                stage: inst.stage.clone(),
+                                image: Some(inst.image.clone()),
+                                deployment_id: Some(inst.deployment_id.clone()),
+                                instance_id: Some(inst.id.clone()),
+                                url: None,
+                                message: format!(
+                                    "the container of {}/{}'s live instance {} ({}) is gone; \
+                                     deploy again or roll back",
+                                    inst.project, inst.stage, inst.id, inst.tag
+                                ),
+                                at: Utc::now(),
+                            })
+                            .await;
+                        }
                     }
                     inst.state = InstanceState::Missing;
                 }
                 Some(c) => {
+                    let mut c = c.clone();
                     let running = c.state == RunState::Running || c.state == RunState::Restarting;
-                    if !running && restart_stopped && inst.state == InstanceState::Running {
-                        // An interrupted deploy stopped it while retiring: bring it back.
+                    if !running && inst.active && inst.state != InstanceState::Stopped {
+                        // The stage's live instance is meant to run (it crashed, or an
+                        // interrupted operation stopped it): start it again.
                         timed(|| "container start".into(), call, rt.start_container(&c.id)).await?;
                         report.restarted.push(inst.id.clone());
                         inst.state = InstanceState::Running;
+                        // A start publishes the port anew, maybe elsewhere.
+                        if let Ok(fresh) = timed(
+                            || "container inspect".into(),
+                            call,
+                            rt.inspect_container(&c.id),
+                        )
+                        .await
+                        {
+                            c = fresh;
+                        }
                     } else if running {
                         inst.state = InstanceState::Running;
                     } else if inst.state != InstanceState::Stopped {
@@ -285,28 +413,44 @@ impl Engine {
                     if c.published.is_some() {
                         inst.address = c.published.clone();
                     }
-                    if inst.container_id.is_none() {
-                        inst.container_id = Some(c.id.clone());
+                    // Found by its label under another id: recreated by hand, keep the real one.
+                    inst.container_id = Some(c.id.clone());
+                    if let (Some(up), Some(_)) = (&inst.upstream, &c.published) {
+                        let follows = self.upstream_for(&inst.container_name, up.port, Some(&c));
+                        if matches!(
+                            self.inner.settings.upstream,
+                            super::UpstreamTarget::Published { .. }
+                        ) && follows != *up
+                        {
+                            inst.upstream = Some(follows);
+                        }
                     }
                 }
             }
-            if before != (inst.state, inst.address.clone()) {
+            if before != inst {
+                if before.container_id != inst.container_id
+                    || before.address != inst.address
+                    || before.upstream != inst.upstream
+                {
+                    report.updated.push(inst.id.clone());
+                }
                 inst.updated_at = Utc::now();
-                store.put_instance(&inst).await?;
+                self.stored(|| "instance write", store.put_instance(&inst))
+                    .await?;
             }
             kept.push(inst);
         }
 
-        // 3. Containers no instance claims: orphans of failed deploys, or adoptable.
+        // 3. This store's containers no instance claims: orphans of failed deploys, or adoptable.
         for c in containers
             .iter()
             .filter(|c| !known_containers.contains(&c.id))
         {
             let deployment = label(c, labels::DEPLOYMENT).unwrap_or_default();
-            let known = match store.get_deployment(deployment).await? {
-                Some(d) => Some(d.status),
-                None => None,
-            };
+            let known = self
+                .stored(|| "deployment read", store.get_deployment(deployment))
+                .await?
+                .map(|d| d.status);
             let adoptable = matches!(known, Some(DeployStatus::Succeeded) | None)
                 && !failed_deploys.contains(deployment)
                 && label(c, labels::INSTANCE).is_some()
@@ -317,7 +461,8 @@ impl Engine {
                 continue;
             }
             let inst = self.adopt(project, stage, c, kept.iter().any(|i| i.active))?;
-            store.put_instance(&inst).await?;
+            self.stored(|| "instance write", store.put_instance(&inst))
+                .await?;
             report.adopted.push(inst.id.clone());
             kept.push(inst);
         }
@@ -395,7 +540,7 @@ impl Engine {
                 }
             }
         }
-        if !report.is_clean() {
+        if !report.is_clean() || !report.missing.is_empty() {
             tracing::info!(project = %project.name, stage = %stage.name, ?report, "reconciled");
         }
         Ok(report)
@@ -408,12 +553,18 @@ impl Engine {
         let domains = &self.inner.settings.domains;
         let mine = |p: &str, s: &str| p == project.name && s == stage.name;
         let mut foreign = BTreeSet::new();
-        for p in store.list_projects().await? {
+        for p in self
+            .stored(|| "project list", store.list_projects())
+            .await?
+        {
             for s in p.stages.values().filter(|s| !mine(&p.name, &s.name)) {
                 foreign.insert(domains.stage_domain(&p.name, &s.name, s.subdomain.as_deref()));
             }
         }
-        for i in store.list_instances(&InstanceFilter::default()).await? {
+        for i in self
+            .list_instances_timed(&InstanceFilter::default())
+            .await?
+        {
             if !mine(&i.project, &i.stage) {
                 foreign.insert(i.domain);
             }

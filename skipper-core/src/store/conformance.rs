@@ -135,6 +135,135 @@ pub async fn run_all(store: &dyn Store) {
     leases(store).await;
     lease_renewal(store).await;
     lease_expiry(store).await;
+    lease_takeover(store).await;
+    fenced_writes(store).await;
+    identity(store).await;
+}
+
+/// Identity: a store's id is stable across calls and not empty.
+pub async fn identity(store: &dyn Store) {
+    let id = store.store_id().await.expect("store id");
+    assert!(!id.is_empty());
+    assert_eq!(store.store_id().await.expect("store id again"), id);
+}
+
+/// Leases: the holder is visible; a lease is taken over only from the holder named.
+pub async fn lease_takeover(store: &dyn Store) {
+    let key = unique_name("lease");
+    let (a, b, c) = (
+        unique_name("holder-a"),
+        unique_name("holder-b"),
+        unique_name("holder-c"),
+    );
+    let ttl = Duration::from_secs(60);
+    assert_eq!(store.lease_holder(&key).await.expect("holder"), None);
+    assert!(store.try_lock(&key, &a, ttl).await.expect("lock a"));
+    assert_eq!(
+        store.lease_holder(&key).await.expect("holder").as_deref(),
+        Some(a.as_str())
+    );
+    assert!(
+        !store
+            .take_over_lock(&key, &c, &b, ttl)
+            .await
+            .expect("take over from the wrong holder"),
+        "only from the holder named"
+    );
+    assert!(
+        store
+            .take_over_lock(&key, &a, &b, ttl)
+            .await
+            .expect("take over"),
+        "a live lease is taken over from its named (dead) holder"
+    );
+    assert!(!store.try_lock(&key, &a, ttl).await.expect("lock a again"));
+    assert!(
+        !store
+            .take_over_lock(&key, &a, &c, ttl)
+            .await
+            .expect("second take over"),
+        "b has it now"
+    );
+    assert!(
+        !store
+            .take_over_lock(&unique_name("lease"), &a, &c, ttl)
+            .await
+            .expect("free key"),
+        "a free lease is taken with try_lock, not taken over"
+    );
+    store.unlock(&key, &b).await.expect("unlock b");
+}
+
+/// Fenced writes land while the holder holds the lease and are refused, writing nothing, once
+/// another holder has it.
+pub async fn fenced_writes(store: &dyn Store) {
+    let key = unique_name("lease");
+    let (a, b) = (unique_name("holder-a"), unique_name("holder-b"));
+    let ttl = Duration::from_secs(60);
+    let project = unique_name("fenced");
+    let now = Utc::now();
+    let mut inst = sample_instance(&project, "dev", now);
+    let mut dep = sample_deployment(&project, "dev", now);
+    let fence_a = crate::backend::Fence {
+        key: key.clone(),
+        holder: a.clone(),
+    };
+    let err = store
+        .put_fenced(
+            &fence_a,
+            std::slice::from_ref(&inst),
+            std::slice::from_ref(&dep),
+        )
+        .await
+        .expect_err("no lease held");
+    assert_eq!(err.kind(), crate::ErrorKind::Interrupted, "{err}");
+    assert!(store.get_instance(&inst.id).await.expect("get").is_none());
+
+    assert!(store.try_lock(&key, &a, ttl).await.expect("lock a"));
+    store
+        .put_fenced(
+            &fence_a,
+            std::slice::from_ref(&inst),
+            std::slice::from_ref(&dep),
+        )
+        .await
+        .expect("fenced write while held");
+    assert_eq!(
+        store.get_instance(&inst.id).await.expect("get"),
+        Some(inst.clone())
+    );
+    assert_eq!(
+        store.get_deployment(&dep.id).await.expect("get"),
+        Some(dep.clone())
+    );
+
+    assert!(
+        store
+            .take_over_lock(&key, &a, &b, ttl)
+            .await
+            .expect("take over")
+    );
+    let before = (inst.clone(), dep.clone());
+    inst.active = !inst.active;
+    dep.tag = "changed".into();
+    let err = store
+        .put_fenced(
+            &fence_a,
+            std::slice::from_ref(&inst),
+            std::slice::from_ref(&dep),
+        )
+        .await
+        .expect_err("lease lost");
+    assert_eq!(err.kind(), crate::ErrorKind::Interrupted, "{err}");
+    assert_eq!(
+        store.get_instance(&inst.id).await.expect("get"),
+        Some(before.0)
+    );
+    assert_eq!(
+        store.get_deployment(&dep.id).await.expect("get"),
+        Some(before.1)
+    );
+    store.unlock(&key, &b).await.expect("unlock b");
 }
 
 /// Projects: put/get round trip, replace by name, listing by name, delete (twice).

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use secrecy::SecretString;
 use tokio::time::Instant;
 
-use crate::backend::{DeploymentFilter, InstanceFilter, Store};
+use crate::backend::{DeploymentFilter, Fence, InstanceFilter, Store};
 use crate::error::Result;
 use crate::model::{Deployment, Instance, Project, SeenTag};
 
@@ -22,9 +22,18 @@ use crate::model::{Deployment, Instance, Project, SeenTag};
 /// tests on a paused tokio clock can expire leases with `tokio::time::advance`.
 ///
 /// `Debug` shows counts and never credential values.
-#[derive(Default)]
 pub struct MemoryStore {
+    id: String,
     inner: Mutex<Inner>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self {
+            id: crate::model::new_id(),
+            inner: Mutex::default(),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -70,6 +79,10 @@ impl fmt::Debug for MemoryStore {
 
 #[async_trait]
 impl Store for MemoryStore {
+    async fn store_id(&self) -> Result<String> {
+        Ok(self.id.clone())
+    }
+
     async fn put_project(&self, project: &Project) -> Result<()> {
         self.lock()
             .projects
@@ -226,6 +239,47 @@ impl Store for MemoryStore {
             .is_some_and(|(owner, _)| owner == holder)
         {
             inner.leases.remove(key);
+        }
+        Ok(())
+    }
+
+    async fn lease_holder(&self, key: &str) -> Result<Option<String>> {
+        Ok(self.lock().leases.get(key).map(|(h, _)| h.clone()))
+    }
+
+    async fn take_over_lock(
+        &self,
+        key: &str,
+        previous: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<bool> {
+        let expires = Instant::now().checked_add(ttl).unwrap_or_else(far_future);
+        let mut inner = self.lock();
+        match inner.leases.get_mut(key) {
+            Some(lease) if lease.0 == previous => {
+                *lease = (holder.to_owned(), expires);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn put_fenced(
+        &self,
+        fence: &Fence,
+        instances: &[Instance],
+        deployments: &[Deployment],
+    ) -> Result<()> {
+        let mut inner = self.lock();
+        if inner.leases.get(&fence.key).map(|(h, _)| h.as_str()) != Some(fence.holder.as_str()) {
+            return Err(super::lease_lost(fence));
+        }
+        for i in instances {
+            inner.instances.insert(i.id.clone(), i.clone());
+        }
+        for d in deployments {
+            inner.deployments.insert(d.id.clone(), d.clone());
         }
         Ok(())
     }

@@ -16,3 +16,10 @@ pub mod conformance;
 pub use memory::MemoryStore;
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SECRET_KEY_ENV, SecretKey, SqliteStore};
+
+/// The error a fenced write returns when its holder no longer holds the lease.
+pub(crate) fn lease_lost(fence: &crate::backend::Fence) -> crate::Error {
+    crate::Error::LeaseLost {
+        key: fence.key.clone(),
+    }
+}

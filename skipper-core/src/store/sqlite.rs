@@ -45,7 +45,7 @@ use secrecy::{ExposeSecret, SecretBox, SecretString};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::backend::{DeploymentFilter, InstanceFilter, Store};
+use crate::backend::{DeploymentFilter, Fence, InstanceFilter, Store};
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::{Deployment, Instance, Project, SeenTag, Timestamp};
 
@@ -108,6 +108,14 @@ const MIGRATIONS: &[&str] = &[
          holder TEXT NOT NULL,
          expires_at INTEGER NOT NULL
      );",
+    // 2: the store's identity, made once (a store created by this migration, or an older store
+    // upgraded, gets a new random id; an emptied file is a new store with a new id).
+    "CREATE TABLE store_identity (
+         id TEXT PRIMARY KEY NOT NULL,
+         created_at TEXT NOT NULL
+     );
+     INSERT INTO store_identity (id, created_at)
+         VALUES (lower(hex(randomblob(8))), strftime('%Y-%m-%dT%H:%M:%fZ', 'now'));",
 ];
 
 /// The 256-bit key that encrypts credentials at rest. `Debug` never shows it; it is zeroed on drop.
@@ -270,6 +278,7 @@ fn wrong_key(name: &str) -> Error {
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
     path: PathBuf,
+    id: String,
     key: Option<Arc<SecretKey>>,
 }
 
@@ -300,10 +309,12 @@ impl SqliteStore {
         }
         configure(&conn).or_db(|| format!("cannot configure database {}", path.display()))?;
         let version = migrate(&mut conn, &path)?;
-        tracing::debug!(path = %path.display(), schema_version = version, "opened sqlite store");
+        let id = read_store_id(&conn, &path)?;
+        tracing::debug!(path = %path.display(), schema_version = version, store = %id, "opened sqlite store");
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
             path,
+            id,
             key: key.map(Arc::new),
         })
     }
@@ -402,6 +413,26 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", true)?;
     Ok(())
+}
+
+/// The store's identity (migration 2 made it).
+fn read_store_id(conn: &Connection, path: &Path) -> Result<String> {
+    conn.query_row("SELECT id FROM store_identity LIMIT 1", [], |row| {
+        row.get(0)
+    })
+    .or_db(|| format!("cannot read the store identity of {}", path.display()))
+}
+
+/// Whether `holder` holds lease `key` (expired or not: nobody else took it).
+fn holds(conn: &Connection, key: &str, holder: &str) -> rusqlite::Result<bool> {
+    let current: Option<String> = conn
+        .query_row(
+            "SELECT holder FROM locks WHERE key = ?1",
+            params![key],
+            |row| row.get(0),
+        )
+        .optional()?;
+    Ok(current.as_deref() == Some(holder))
 }
 
 /// Apply the missing [`MIGRATIONS`]; the schema version afterwards.
@@ -564,8 +595,92 @@ fn select_filtered<T: DeserializeOwned>(
         .collect()
 }
 
+/// An instance as its table row.
+struct InstanceRow {
+    id: String,
+    project: String,
+    stage: String,
+    created_at: String,
+    data: String,
+}
+
+impl InstanceRow {
+    fn new(i: &Instance) -> Result<Self> {
+        Ok(Self {
+            data: to_json(i, || format!("instance {}", i.id))?,
+            id: i.id.clone(),
+            project: i.project.clone(),
+            stage: i.stage.clone(),
+            created_at: ts(&i.created_at),
+        })
+    }
+
+    fn upsert(&self, conn: &Connection) -> Result<()> {
+        conn.execute(
+            "INSERT INTO instances (id, project, stage, created_at, data)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (id) DO UPDATE SET project = excluded.project,
+                 stage = excluded.stage, created_at = excluded.created_at,
+                 data = excluded.data",
+            params![
+                self.id,
+                self.project,
+                self.stage,
+                self.created_at,
+                self.data
+            ],
+        )
+        .or_db(|| format!("cannot save instance {}", self.id))?;
+        Ok(())
+    }
+}
+
+/// A deployment as its table row.
+struct DeploymentRow {
+    id: String,
+    project: String,
+    stage: String,
+    started_at: String,
+    data: String,
+}
+
+impl DeploymentRow {
+    fn new(d: &Deployment) -> Result<Self> {
+        Ok(Self {
+            data: to_json(d, || format!("deployment {}", d.id))?,
+            id: d.id.clone(),
+            project: d.project.clone(),
+            stage: d.stage.clone(),
+            started_at: ts(&d.started_at),
+        })
+    }
+
+    fn upsert(&self, conn: &Connection) -> Result<()> {
+        conn.execute(
+            "INSERT INTO deployments (id, project, stage, started_at, data)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (id) DO UPDATE SET project = excluded.project,
+                 stage = excluded.stage, started_at = excluded.started_at,
+                 data = excluded.data",
+            params![
+                self.id,
+                self.project,
+                self.stage,
+                self.started_at,
+                self.data
+            ],
+        )
+        .or_db(|| format!("cannot save deployment {}", self.id))?;
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl Store for SqliteStore {
+    async fn store_id(&self) -> Result<String> {
+        Ok(self.id.clone())
+    }
+
     async fn put_project(&self, project: &Project) -> Result<()> {
         let name = project.name.clone();
         let data = to_json(project, || format!("project {name:?}"))?;
@@ -629,23 +744,8 @@ impl Store for SqliteStore {
     }
 
     async fn put_instance(&self, instance: &Instance) -> Result<()> {
-        let id = instance.id.clone();
-        let data = to_json(instance, || format!("instance {id}"))?;
-        let (project, stage) = (instance.project.clone(), instance.stage.clone());
-        let created_at = ts(&instance.created_at);
-        self.call(move |conn| {
-            conn.execute(
-                "INSERT INTO instances (id, project, stage, created_at, data)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (id) DO UPDATE SET project = excluded.project,
-                     stage = excluded.stage, created_at = excluded.created_at,
-                     data = excluded.data",
-                params![id, project, stage, created_at, data],
-            )
-            .or_db(|| format!("cannot save instance {id}"))?;
-            Ok(())
-        })
-        .await
+        let row = InstanceRow::new(instance)?;
+        self.call(move |conn| row.upsert(conn)).await
     }
 
     async fn get_instance(&self, id: &str) -> Result<Option<Instance>> {
@@ -691,23 +791,8 @@ impl Store for SqliteStore {
     }
 
     async fn put_deployment(&self, deployment: &Deployment) -> Result<()> {
-        let id = deployment.id.clone();
-        let data = to_json(deployment, || format!("deployment {id}"))?;
-        let (project, stage) = (deployment.project.clone(), deployment.stage.clone());
-        let started_at = ts(&deployment.started_at);
-        self.call(move |conn| {
-            conn.execute(
-                "INSERT INTO deployments (id, project, stage, started_at, data)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (id) DO UPDATE SET project = excluded.project,
-                     stage = excluded.stage, started_at = excluded.started_at,
-                     data = excluded.data",
-                params![id, project, stage, started_at, data],
-            )
-            .or_db(|| format!("cannot save deployment {id}"))?;
-            Ok(())
-        })
-        .await
+        let row = DeploymentRow::new(deployment)?;
+        self.call(move |conn| row.upsert(conn)).await
     }
 
     async fn get_deployment(&self, id: &str) -> Result<Option<Deployment>> {
@@ -803,7 +888,8 @@ impl Store for SqliteStore {
     }
 
     async fn get_credential(&self, name: &str) -> Result<Option<SecretString>> {
-        let key = self.key()?;
+        // Looking up a credential that was never stored needs no key: only decrypting does.
+        let key = self.key.clone();
         let name = name.to_owned();
         self.call(move |conn| {
             let stored: Option<String> = conn
@@ -814,7 +900,11 @@ impl Store for SqliteStore {
                 )
                 .optional()
                 .or_db(|| format!("cannot read credential {name:?}"))?;
-            stored.map(|s| key.decrypt(&name, &s)).transpose()
+            match (stored, key) {
+                (None, _) => Ok(None),
+                (Some(_), None) => Err(missing_key()),
+                (Some(s), Some(key)) => key.decrypt(&name, &s).map(Some),
+            }
         })
         .await
     }
@@ -925,6 +1015,79 @@ impl Store for SqliteStore {
                 .or_db(what)?;
             tx.commit().or_db(what)?;
             Ok(changed == 1)
+        })
+        .await
+    }
+
+    async fn lease_holder(&self, key: &str) -> Result<Option<String>> {
+        let key = key.to_owned();
+        self.call(move |conn| {
+            conn.query_row(
+                "SELECT holder FROM locks WHERE key = ?1",
+                params![key],
+                |row| row.get(0),
+            )
+            .optional()
+            .or_db(|| format!("cannot read lease {key:?}"))
+        })
+        .await
+    }
+
+    async fn take_over_lock(
+        &self,
+        key: &str,
+        previous: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<bool> {
+        let (key, previous, holder) = (key.to_owned(), previous.to_owned(), holder.to_owned());
+        self.call(move |conn| {
+            let changed = conn
+                .execute(
+                    "UPDATE locks SET holder = ?3, expires_at = ?4 WHERE key = ?1 AND holder = ?2",
+                    params![
+                        key,
+                        previous,
+                        holder,
+                        now_millis().saturating_add(ttl_millis(ttl))
+                    ],
+                )
+                .or_db(|| format!("cannot take lease {key:?} over from {previous:?}"))?;
+            Ok(changed == 1)
+        })
+        .await
+    }
+
+    async fn put_fenced(
+        &self,
+        fence: &Fence,
+        instances: &[Instance],
+        deployments: &[Deployment],
+    ) -> Result<()> {
+        let rows = instances
+            .iter()
+            .map(InstanceRow::new)
+            .collect::<Result<Vec<_>>>()?;
+        let deployments = deployments
+            .iter()
+            .map(DeploymentRow::new)
+            .collect::<Result<Vec<_>>>()?;
+        let fence = fence.clone();
+        self.call(move |conn| {
+            let what = || format!("cannot write under lease {:?}", fence.key);
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .or_db(what)?;
+            if !holds(&tx, &fence.key, &fence.holder).or_db(what)? {
+                return Err(super::lease_lost(&fence));
+            }
+            for row in &rows {
+                row.upsert(&tx)?;
+            }
+            for d in &deployments {
+                d.upsert(&tx)?;
+            }
+            tx.commit().or_db(what)
         })
         .await
     }
@@ -1157,8 +1320,15 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains(SECRET_KEY_ENV), "{msg}");
         assert!(msg.contains("openssl rand -base64 32"), "{msg}");
-        let err = store.get_credential("ghcr").await.expect_err("no key");
-        assert!(err.to_string().contains(SECRET_KEY_ENV), "{err}");
+        // Looking up a credential that was never stored needs no key (a registry whose
+        // credentials live in the Docker config).
+        assert!(
+            store
+                .get_credential("ghcr")
+                .await
+                .expect("lookup")
+                .is_none()
+        );
         assert!(store.list_credentials().await.expect("list").is_empty());
         store.delete_credential("ghcr").await.expect("delete");
 
@@ -1171,6 +1341,48 @@ mod tests {
         conformance::seen_tags(&store).await;
         conformance::leases(&store).await;
         assert!(!format!("{store:?}").contains("REDACTED"));
+    }
+
+    #[tokio::test]
+    async fn a_stored_credential_needs_the_key_to_be_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path(), Some(&SecretKey::generate()));
+        store
+            .put_credential("ghcr", &SecretString::from("tok".to_owned()))
+            .await
+            .expect("put credential");
+        drop(store);
+        let store = open(dir.path(), None);
+        let err = store.get_credential("ghcr").await.expect_err("no key");
+        assert!(err.to_string().contains(SECRET_KEY_ENV), "{err}");
+        assert!(
+            store
+                .get_credential("other")
+                .await
+                .expect("lookup")
+                .is_none()
+        );
+    }
+
+    #[tokio::test]
+    async fn the_store_id_is_made_once_and_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = open(dir.path(), None).store_id().await.expect("id");
+        assert_eq!(first.len(), 16, "{first}");
+        let again = open(dir.path(), None).store_id().await.expect("id");
+        assert_eq!(first, again, "reopening keeps the identity");
+        let other = tempfile::tempdir().expect("tempdir");
+        assert_ne!(
+            first,
+            open(other.path(), None).store_id().await.expect("id")
+        );
+        // An emptied file (a botched restore) is a new store with a new identity.
+        std::fs::write(dir.path().join(DB_FILE), b"").expect("truncate");
+        for f in ["skipper.db-wal", "skipper.db-shm"] {
+            let _ = std::fs::remove_file(dir.path().join(f));
+        }
+        let fresh = open(dir.path(), None).store_id().await.expect("id");
+        assert_ne!(first, fresh);
     }
 
     #[test]
@@ -1188,6 +1400,7 @@ mod tests {
             SqliteStore {
                 conn: Arc::new(Mutex::new(Connection::open_in_memory().expect("memory db"))),
                 path: PathBuf::from("/x/skipper.db"),
+                id: "0123456789abcdef".into(),
                 key: Some(Arc::new(again)),
             }
         );

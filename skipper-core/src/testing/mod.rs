@@ -30,22 +30,56 @@ pub enum Fault {
     Error(ErrorKind),
     /// Never answer (the caller's timeout must fire).
     Hang,
+    /// Take effect, then report an error of this kind (an answer lost after the change).
+    AppliedThenError(ErrorKind),
+    /// The process dies here: the call never returns and never takes effect, and the fake
+    /// records that the crash point was reached (`crashed()`), so a test can abort the task
+    /// the way `kill -9` stops a process.
+    Crash,
 }
 
 impl Fault {
-    /// Act out the fault.
-    pub(crate) async fn apply(self, backend: &'static str, what: &str) -> Result<()> {
+    /// Act out the part of the fault that comes before the call: `Error` fails, `Hang` and
+    /// `Crash` never return (`Crash` sets `crashed` first), `AppliedThenError` lets the call
+    /// go ahead.
+    pub(crate) async fn before(
+        self,
+        backend: &'static str,
+        what: &str,
+        crashed: &std::sync::atomic::AtomicBool,
+    ) -> Result<()> {
         match self {
             Fault::Error(kind) => Err(Error::backend(
                 backend,
                 kind,
                 format!("injected failure in {what}"),
             )),
-            Fault::Hang => {
-                std::future::pending::<()>().await;
-                Ok(())
+            Fault::Hang => std::future::pending().await,
+            Fault::Crash => {
+                crashed.store(true, std::sync::atomic::Ordering::SeqCst);
+                std::future::pending().await
             }
+            Fault::AppliedThenError(_) => Ok(()),
         }
+    }
+
+    /// Act out the part of the fault that comes after the call took effect.
+    pub(crate) fn after(self, backend: &'static str, what: &str) -> Result<()> {
+        match self {
+            Fault::AppliedThenError(kind) => Err(Error::backend(
+                backend,
+                kind,
+                format!("injected failure in {what}, after it took effect"),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Act out the whole fault around a call that does nothing (a notifier).
+    pub(crate) async fn apply(self, backend: &'static str, what: &str) -> Result<()> {
+        let crashed = std::sync::atomic::AtomicBool::new(false);
+        self.before(backend, what, &crashed).await?;
+        self.after(backend, what)
     }
 }
 

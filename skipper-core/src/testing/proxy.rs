@@ -23,6 +23,7 @@ struct State {
 #[derive(Default)]
 pub struct FakeProxy {
     state: Mutex<State>,
+    crashed: std::sync::atomic::AtomicBool,
 }
 
 impl FakeProxy {
@@ -64,6 +65,11 @@ impl FakeProxy {
         self.lock().routes.get(domain).cloned()
     }
 
+    /// Whether a [`Fault::Crash`] was reached.
+    pub fn crashed(&self) -> bool {
+        self.crashed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// How many `ensure_route` calls were made.
     pub fn ensure_calls(&self) -> usize {
         self.lock().ensures
@@ -80,14 +86,14 @@ impl ProxyManager for FakeProxy {
                 .get_mut(&route.domain)
                 .and_then(|q| (!q.is_empty()).then(|| q.remove(0)))
         };
+        let what = format!("ensure_route {}", route.domain);
         if let Some(f) = fault {
-            f.apply("fake-proxy", &format!("ensure_route {}", route.domain))
-                .await?;
+            f.before("fake-proxy", &what, &self.crashed).await?;
         }
         self.lock()
             .routes
             .insert(route.domain.clone(), route.clone());
-        Ok(())
+        fault.map_or(Ok(()), |f| f.after("fake-proxy", &what))
     }
 
     async fn remove_route(&self, domain: &str) -> Result<()> {
@@ -95,12 +101,12 @@ impl ProxyManager for FakeProxy {
             let mut s = self.lock();
             (!s.remove_faults.is_empty()).then(|| s.remove_faults.remove(0))
         };
+        let what = format!("remove_route {domain}");
         if let Some(f) = fault {
-            f.apply("fake-proxy", &format!("remove_route {domain}"))
-                .await?;
+            f.before("fake-proxy", &what, &self.crashed).await?;
         }
         self.lock().routes.remove(domain);
-        Ok(())
+        fault.map_or(Ok(()), |f| f.after("fake-proxy", &what))
     }
 
     async fn list_routes(&self) -> Result<Vec<Route>> {
@@ -109,7 +115,8 @@ impl ProxyManager for FakeProxy {
             (!s.list_faults.is_empty()).then(|| s.list_faults.remove(0))
         };
         if let Some(f) = fault {
-            f.apply("fake-proxy", "list_routes").await?;
+            f.before("fake-proxy", "list_routes", &self.crashed).await?;
+            f.after("fake-proxy", "list_routes")?;
         }
         Ok(self.lock().routes.values().cloned().collect())
     }

@@ -65,6 +65,7 @@ struct FakeContainer {
     info: ContainerInfo,
     behavior: Behavior,
     port: Option<u16>,
+    publish: bool,
     logs: Vec<String>,
 }
 
@@ -86,6 +87,7 @@ struct State {
 #[derive(Default)]
 pub struct FakeRuntime {
     state: Mutex<State>,
+    crashed: std::sync::atomic::AtomicBool,
 }
 
 fn key(image: &ImageRef) -> String {
@@ -185,7 +187,40 @@ impl FakeRuntime {
         self.lock().networks.clone()
     }
 
-    async fn enter(&self, op: Op) -> Result<()> {
+    /// Whether a [`Fault::Crash`] was reached.
+    pub fn crashed(&self) -> bool {
+        self.crashed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Recreate a container by hand with the same labels (as `docker rm` + `docker run` with the
+    /// container's labels would): the new one has a new id, a new published port, and runs.
+    pub fn recreate_behind_back(&self, id: &str) -> Option<String> {
+        let mut s = self.lock();
+        let mut c = s.containers.remove(id)?;
+        s.next_id += 1;
+        s.next_port += 1;
+        let new_id = format!("c{:011x}", s.next_id);
+        c.info.id = new_id.clone();
+        c.info.state = RunState::Running;
+        if c.info.published.is_some() {
+            c.info.published = Some(format!("127.0.0.1:{}", 40000 + s.next_port));
+        }
+        s.containers.insert(new_id.clone(), c);
+        Some(new_id)
+    }
+
+    /// Stop a container behind the engine's back (it crashed, or `docker stop`).
+    pub fn exit_behind_back(&self, id: &str, code: i64) {
+        if let Some(c) = self.lock().containers.get_mut(id) {
+            c.info.state = RunState::Exited;
+            c.info.exit_code = Some(code);
+            c.info.published = None;
+        }
+    }
+
+    /// Run the part of an injected fault that comes before `op`; the rest is returned, for
+    /// [`leave`](Self::leave) after the call took effect.
+    async fn enter(&self, op: Op) -> Result<Option<Fault>> {
         let fault = {
             let mut s = self.lock();
             s.calls.push(op);
@@ -195,10 +230,33 @@ impl FakeRuntime {
             }
         };
         match fault {
-            Some(fault) => fault.apply("fake-runtime", &format!("{op:?}")).await,
-            None => Ok(()),
+            Some(fault) => {
+                fault
+                    .before("fake-runtime", &format!("{op:?}"), &self.crashed)
+                    .await?;
+                Ok(Some(fault))
+            }
+            None => Ok(None),
         }
     }
+
+    fn leave<T>(op: Op, fault: Option<Fault>, value: T) -> Result<T> {
+        if let Some(f) = fault {
+            f.after("fake-runtime", &format!("{op:?}"))?;
+        }
+        Ok(value)
+    }
+}
+
+/// The key of a container given by id or by name (Docker takes either).
+fn resolve(s: &State, id: &str) -> Option<String> {
+    if s.containers.contains_key(id) {
+        return Some(id.to_owned());
+    }
+    s.containers
+        .values()
+        .find(|c| c.info.name == id)
+        .map(|c| c.info.id.clone())
 }
 
 fn missing(id: &str) -> Error {
@@ -208,12 +266,12 @@ fn missing(id: &str) -> Error {
 #[async_trait]
 impl Runtime for FakeRuntime {
     async fn ensure_network(&self, network: &str) -> Result<()> {
-        self.enter(Op::Network).await?;
+        let f = self.enter(Op::Network).await?;
         let mut s = self.lock();
         if !s.networks.iter().any(|n| n == network) {
             s.networks.push(network.to_owned());
         }
-        Ok(())
+        Self::leave(Op::Network, f, ())
     }
 
     async fn pull(
@@ -222,7 +280,7 @@ impl Runtime for FakeRuntime {
         credentials: Option<Credentials>,
         progress: Option<ProgressSender>,
     ) -> Result<PulledImage> {
-        self.enter(Op::Pull).await?;
+        let f = self.enter(Op::Pull).await?;
         let k = key(image);
         let mut s = self.lock();
         let Some(img) = s.images.get(&k).cloned() else {
@@ -260,10 +318,14 @@ impl Runtime for FakeRuntime {
             .and_then(|d| d.split_once('@'))
             .map(|(_, d)| d.to_owned());
         s.pulled.insert(k, img.metadata.id.clone());
-        Ok(PulledImage {
-            id: img.metadata.id,
-            digest,
-        })
+        Self::leave(
+            Op::Pull,
+            f,
+            PulledImage {
+                id: img.metadata.id,
+                digest,
+            },
+        )
     }
 
     async fn has_image(&self, image: &ImageRef) -> Result<bool> {
@@ -283,7 +345,7 @@ impl Runtime for FakeRuntime {
     }
 
     async fn create_container(&self, spec: &ContainerSpec) -> Result<String> {
-        self.enter(Op::Create).await?;
+        let f = self.enter(Op::Create).await?;
         let mut s = self.lock();
         let k = key(&spec.image);
         let Some(img) = s.images.get(&k).cloned() else {
@@ -322,16 +384,30 @@ impl Runtime for FakeRuntime {
                 },
                 behavior: img.behavior,
                 port: spec.port,
+                publish: spec.publish,
                 logs: vec![format!("starting {}", spec.image)],
             },
         );
-        Ok(id)
+        Self::leave(Op::Create, f, id)
     }
 
     async fn start_container(&self, id: &str) -> Result<()> {
-        self.enter(Op::Start).await?;
+        let f = self.enter(Op::Start).await?;
         let mut s = self.lock();
-        let c = s.containers.get_mut(id).ok_or_else(|| missing(id))?;
+        let k = resolve(&s, id).ok_or_else(|| missing(id))?;
+        if !s
+            .containers
+            .get(&k)
+            .is_some_and(|c| c.info.published.is_some())
+        {
+            // A start publishes the port anew (Docker picks another ephemeral port).
+            s.next_port += 1;
+        }
+        let port = 40000 + s.next_port;
+        let c = s.containers.get_mut(&k).ok_or_else(|| missing(id))?;
+        if c.info.published.is_none() && c.port.is_some() && c.publish {
+            c.info.published = Some(format!("127.0.0.1:{port}"));
+        }
         match c.behavior {
             Behavior::Crash => {
                 c.info.state = RunState::Exited;
@@ -353,18 +429,20 @@ impl Runtime for FakeRuntime {
                 c.logs.push("database unreachable".into());
             }
         }
-        Ok(())
+        Self::leave(Op::Start, f, ())
     }
 
     async fn stop_container(&self, id: &str, _grace: Duration) -> Result<()> {
-        self.enter(Op::Stop).await?;
+        let f = self.enter(Op::Stop).await?;
         let mut s = self.lock();
-        let c = s.containers.get_mut(id).ok_or_else(|| missing(id))?;
+        let k = resolve(&s, id).ok_or_else(|| missing(id))?;
+        let c = s.containers.get_mut(&k).ok_or_else(|| missing(id))?;
         if c.info.state == RunState::Running {
             c.info.state = RunState::Exited;
             c.info.exit_code = Some(0);
+            c.info.published = None;
         }
-        Ok(())
+        Self::leave(Op::Stop, f, ())
     }
 
     async fn restart_container(&self, id: &str, grace: Duration) -> Result<()> {
@@ -373,32 +451,37 @@ impl Runtime for FakeRuntime {
     }
 
     async fn remove_container(&self, id: &str) -> Result<()> {
-        self.enter(Op::Remove).await?;
-        self.lock().containers.remove(id);
-        Ok(())
+        let f = self.enter(Op::Remove).await?;
+        let mut s = self.lock();
+        if let Some(k) = resolve(&s, id) {
+            s.containers.remove(&k);
+        }
+        Self::leave(Op::Remove, f, ())
     }
 
     async fn inspect_container(&self, id: &str) -> Result<ContainerInfo> {
-        self.enter(Op::Inspect).await?;
-        self.lock()
-            .containers
-            .get(id)
+        let f = self.enter(Op::Inspect).await?;
+        let s = self.lock();
+        let info = resolve(&s, id)
+            .and_then(|k| s.containers.get(&k))
             .map(|c| c.info.clone())
-            .ok_or_else(|| missing(id))
+            .ok_or_else(|| missing(id))?;
+        Self::leave(Op::Inspect, f, info)
     }
 
     async fn list_containers(
         &self,
         labels: &BTreeMap<String, String>,
     ) -> Result<Vec<ContainerInfo>> {
-        self.enter(Op::List).await?;
-        Ok(self
+        let f = self.enter(Op::List).await?;
+        let list = self
             .lock()
             .containers
             .values()
             .filter(|c| labels.iter().all(|(k, v)| c.info.labels.get(k) == Some(v)))
             .map(|c| c.info.clone())
-            .collect())
+            .collect();
+        Self::leave(Op::List, f, list)
     }
 
     async fn probe_http(
@@ -408,7 +491,7 @@ impl Runtime for FakeRuntime {
         path: &str,
         _timeout: Duration,
     ) -> Result<ProbeResult> {
-        self.enter(Op::Probe).await?;
+        let f = self.enter(Op::Probe).await?;
         let s = self.lock();
         let c = s
             .containers
@@ -430,12 +513,14 @@ impl Runtime for FakeRuntime {
             Some(code) => format!("GET {url} → {code}"),
             None => format!("GET {url} → connection refused"),
         };
-        Ok(ProbeResult { status, detail })
+        Self::leave(Op::Probe, f, ProbeResult { status, detail })
     }
 
     async fn logs(&self, id: &str, lines: usize) -> Result<Vec<String>> {
         let s = self.lock();
-        let c = s.containers.get(id).ok_or_else(|| missing(id))?;
+        let c = resolve(&s, id)
+            .and_then(|k| s.containers.get(&k))
+            .ok_or_else(|| missing(id))?;
         let skip = c.logs.len().saturating_sub(lines);
         Ok(c.logs[skip..].to_vec())
     }
