@@ -1094,3 +1094,336 @@ async fn engines_in_other_scopes_are_left_alone() {
     );
     assert_eq!(h.rt.running().len(), 2);
 }
+
+/// Two stores on one Docker engine (another data dir, `sudo`, a typo in `SKIPPER_DATA_DIR`)
+/// deploy and reconcile side by side and never touch each other's containers; an empty store
+/// (an emptied file) removes nothing either.
+#[tokio::test(start_paused = true)]
+async fn two_stores_on_one_engine_never_touch_each_other() {
+    let a = harness(1).await;
+    let b = Engine::builder(a.rt.clone(), Arc::new(MemoryStore::new()))
+        .settings(settings())
+        .build();
+    b.put_project(&project(1)).await.unwrap();
+    assert_eq!(a.deploy("dev", "v1").await.status, DeployStatus::Succeeded);
+    let d = b
+        .deploy(DeployRequest::new("web", "dev", image("v2")))
+        .await
+        .unwrap();
+    assert_eq!(d.status, DeployStatus::Succeeded, "{d:#?}");
+    assert_eq!(a.rt.running().len(), 2);
+    let ra = a.engine.reconcile().await.unwrap();
+    let rb = b.reconcile().await.unwrap();
+    for r in [&ra, &rb] {
+        assert!(
+            r.removed_containers.is_empty() && r.adopted.is_empty(),
+            "{r:?}"
+        );
+        assert_eq!(
+            r.foreign.len(),
+            1,
+            "the other store's container is reported: {r:?}"
+        );
+    }
+    // Another deploy on each side retires only its own.
+    assert_eq!(a.deploy("dev", "v3").await.status, DeployStatus::Succeeded);
+    assert_eq!(a.rt.running().len(), 2);
+    let empty = Engine::builder(a.rt.clone(), Arc::new(MemoryStore::new()))
+        .settings(settings())
+        .build();
+    let r = empty.reconcile().await.unwrap();
+    assert!(
+        r.removed_containers.is_empty() && r.adopted.is_empty(),
+        "{r:?}"
+    );
+    assert_eq!(r.foreign.len(), 2, "{r:?}");
+    assert_eq!(a.rt.running().len(), 2);
+}
+
+/// Containers made before stores had an identity (no store label) are this store's only when
+/// it has records of them.
+#[tokio::test(start_paused = true)]
+async fn unlabelled_containers_are_kept_when_this_store_knows_them() {
+    let h = harness(1).await;
+    h.deploy("dev", "v1").await;
+    let v1 = h.active("dev").await;
+    // As an older Skipper made it: no store label.
+    let cid = v1.container_id.clone().unwrap();
+    h.rt.strip_label(&cid, labels::STORE);
+    let r = h.engine.reconcile().await.unwrap();
+    assert!(r.foreign.is_empty() && r.is_clean(), "{r:?}");
+    assert_eq!(h.active("dev").await.id, v1.id);
+    // Another store knows nothing of it: foreign, untouched.
+    let other = Engine::builder(h.rt.clone(), Arc::new(MemoryStore::new()))
+        .settings(settings())
+        .build();
+    other.put_project(&project(1)).await.unwrap();
+    let r = other.reconcile().await.unwrap();
+    assert_eq!(r.foreign.len(), 1, "{r:?}");
+    assert!(
+        r.removed_containers.is_empty() && r.adopted.is_empty(),
+        "{r:?}"
+    );
+    assert_eq!(h.rt.running(), vec![cid]);
+}
+
+/// `observe` (what `skipper ps` shows) changes nothing and shows drift.
+#[tokio::test(start_paused = true)]
+async fn observing_changes_nothing_and_shows_drift() {
+    let h = harness(2).await;
+    h.deploy("dev", "v1").await;
+    h.deploy("dev", "v2").await;
+    let insts = h.instances("dev").await;
+    let (v1, v2) = (insts[0].clone(), insts[1].clone());
+    h.rt.remove_behind_back(v1.container_id.as_deref().unwrap());
+    h.rt.exit_behind_back(v2.container_id.as_deref().unwrap(), 137);
+    let seen = h.engine.observe(&InstanceFilter::default()).await.unwrap();
+    let state = |id: &str| seen.iter().find(|i| i.id == id).unwrap().state;
+    assert_eq!(state(&v1.id), InstanceState::Missing);
+    assert_eq!(state(&v2.id), InstanceState::Exited);
+    assert_eq!(h.instances("dev").await, insts, "the store is unchanged");
+    assert!(h.rt.running().is_empty(), "nothing was started");
+    // A store with no records, on an engine with containers: observing changes nothing.
+    let empty = Engine::builder(h.rt.clone(), Arc::new(MemoryStore::new()))
+        .settings(settings())
+        .build();
+    assert!(
+        empty
+            .observe(&InstanceFilter::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(h.rt.containers().len(), 1);
+}
+
+/// A lease whose holder is a process of this host that no longer exists is taken over at once,
+/// not after its TTL; a live holder's is not.
+#[tokio::test(start_paused = true)]
+async fn a_dead_local_holder_is_taken_over_at_once() {
+    let h = harness(1).await;
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    let me = super::lock::Holder::this_process().encode();
+    let dead = {
+        let mut parts: Vec<&str> = me.split(':').collect();
+        let pid = pid.to_string();
+        parts[3] = &pid;
+        format!("{}/old-engine/acq", parts.join(":"))
+    };
+    assert!(
+        h.store
+            .try_lock("stage/web/dev", &dead, Duration::from_secs(3600))
+            .await
+            .unwrap()
+    );
+    let e = Engine::builder(h.rt.clone(), h.store.clone())
+        .settings(EngineSettings {
+            lock_wait: Duration::ZERO,
+            ..settings()
+        })
+        .build();
+    let d = e
+        .deploy(DeployRequest::new("web", "dev", image("v1")))
+        .await
+        .unwrap();
+    assert_eq!(d.status, DeployStatus::Succeeded, "{d:#?}");
+    // A live holder (this process) is waited for.
+    let live = format!("{me}/other-engine/acq");
+    assert!(
+        h.store
+            .try_lock("stage/web/dev", &live, Duration::from_secs(3600))
+            .await
+            .unwrap()
+    );
+    let err = e
+        .deploy(DeployRequest::new("web", "dev", image("v2")))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+}
+
+/// A deploy that loses its lease (paused past it, and another process took the stage over)
+/// never commits: it stops, removes what it made, and the other holder's state stands.
+#[tokio::test(start_paused = true)]
+async fn a_holder_that_lost_its_lease_never_commits() {
+    let h = harness(1).await;
+    h.deploy("dev", "v1").await;
+    let v1 = h.active("dev").await;
+    for _ in 0..1000 {
+        h.rt.inject(Op::Probe, Fault::Hang);
+    }
+    let engine = h.engine.clone();
+    let task = tokio::spawn(async move {
+        engine
+            .deploy(DeployRequest::new("web", "dev", image("v2")))
+            .await
+    });
+    while h.rt.containers().len() < 2 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Another process takes the stage over (as after the paused holder's lease expired).
+    let holder = h
+        .store
+        .lease_holder("stage/web/dev")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        h.store
+            .take_over_lock(
+                "stage/web/dev",
+                &holder,
+                "another-process",
+                Duration::from_secs(3600)
+            )
+            .await
+            .unwrap()
+    );
+    let d = task.await.unwrap().unwrap();
+    assert_eq!(d.status, DeployStatus::Failed, "{d:#?}");
+    let e = d.error.unwrap();
+    assert_eq!(e.kind, ErrorKind::Interrupted, "{e:?}");
+    assert!(e.message.contains("lost the lease"), "{}", e.message);
+    assert_eq!(
+        h.active("dev").await.id,
+        v1.id,
+        "v1 is still the active one"
+    );
+    assert_eq!(h.rt.containers().len(), 1, "the new container was removed");
+    assert_eq!(
+        h.proxy.route("stage-dev-web.example.com").unwrap().upstream,
+        v1.upstream.unwrap()
+    );
+}
+
+/// A cancelled deploy (SIGINT/SIGTERM in the CLI) rolls back between steps and says so.
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_deploy_rolls_back_as_interrupted() {
+    let h = harness(1).await;
+    h.deploy("dev", "v1").await;
+    let v1 = h.active("dev").await;
+    for _ in 0..1000 {
+        h.rt.inject(Op::Probe, Fault::Hang);
+    }
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let mut req = DeployRequest::new("web", "dev", image("v2"));
+    req.cancel = Some(cancel.clone());
+    let engine = h.engine.clone();
+    let task = tokio::spawn(async move { engine.deploy(req).await });
+    while h.rt.containers().len() < 2 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cancel.cancel();
+    let d = task.await.unwrap().unwrap();
+    assert_eq!(d.status, DeployStatus::Failed);
+    let e = d.error.unwrap();
+    assert_eq!(
+        (e.step, e.kind),
+        (Step::Health, ErrorKind::Interrupted),
+        "{e:?}"
+    );
+    assert!(e.message.contains("interrupted"), "{}", e.message);
+    h.assert_only_serving(&v1).await;
+}
+
+/// Reconcile drives toward the desired state on every pass: the active instance's exited
+/// container is started again, unless a person stopped it.
+#[tokio::test(start_paused = true)]
+async fn reconcile_restarts_the_active_instance_unless_stopped_on_purpose() {
+    let h = harness(1).await;
+    h.deploy("dev", "v1").await;
+    let v1 = h.active("dev").await;
+    let cid = v1.container_id.clone().unwrap();
+    h.rt.exit_behind_back(&cid, 137);
+    let r = h.engine.reconcile().await.unwrap();
+    assert_eq!(r.restarted, vec![v1.id.clone()], "{r:?}");
+    assert_eq!(h.rt.running(), vec![cid.clone()]);
+    h.engine.stop_instance(&v1.id).await.unwrap();
+    let r = h.engine.reconcile().await.unwrap();
+    assert!(r.restarted.is_empty(), "{r:?}");
+    assert!(
+        h.rt.running().is_empty(),
+        "a stopped instance stays stopped"
+    );
+}
+
+/// A container recreated by hand with the same labels: reconcile takes its real id and
+/// address, and later operations act on it.
+#[tokio::test(start_paused = true)]
+async fn a_container_recreated_by_hand_is_followed() {
+    let h = harness(1).await;
+    h.deploy("dev", "v1").await;
+    let v1 = h.active("dev").await;
+    let new_id =
+        h.rt.recreate_behind_back(v1.container_id.as_deref().unwrap())
+            .unwrap();
+    let r = h.engine.reconcile().await.unwrap();
+    assert_eq!(r.updated, vec![v1.id.clone()], "{r:?}");
+    assert_eq!(
+        h.active("dev").await.container_id.as_deref(),
+        Some(new_id.as_str())
+    );
+    assert_eq!(h.deploy("dev", "v2").await.status, DeployStatus::Succeeded);
+    h.assert_settled_on("v2", "after a recreated container")
+        .await;
+}
+
+/// With upstreams at published ports, a restart that moves the port moves the route too.
+#[tokio::test(start_paused = true)]
+async fn routes_follow_a_published_port_that_moved() {
+    let rt = Arc::new(FakeRuntime::new());
+    rt.add_image(&format!("{REPO}:v1"), Behavior::Healthy);
+    let proxy = Arc::new(FakeProxy::new());
+    let engine = Engine::builder(rt.clone(), Arc::new(MemoryStore::new()))
+        .proxy(proxy.clone())
+        .settings(EngineSettings {
+            upstream: UpstreamTarget::Published { host: None },
+            ..settings()
+        })
+        .build();
+    engine.put_project(&project(1)).await.unwrap();
+    engine
+        .deploy(DeployRequest::new("web", "dev", image("v1")))
+        .await
+        .unwrap();
+    let before = proxy.route("stage-dev-web.example.com").unwrap().upstream;
+    let i = &engine.instances(&InstanceFilter::default()).await.unwrap()[0];
+    engine.restart_instance(&i.id).await.unwrap();
+    // The restart gave it another port; the route still points at the old one until now.
+    let r = engine.reconcile().await.unwrap();
+    let after = proxy.route("stage-dev-web.example.com").unwrap().upstream;
+    let i = &engine.instances(&InstanceFilter::default()).await.unwrap()[0];
+    assert_ne!(before.port, after.port, "{r:?}");
+    assert_eq!(
+        Some(after.port),
+        i.address
+            .as_deref()
+            .and_then(|a| a.rsplit_once(':'))
+            .and_then(|(_, p)| p.parse().ok())
+    );
+    assert!(
+        r.routes_repaired
+            .contains(&"stage-dev-web.example.com".to_owned()),
+        "{r:?}"
+    );
+}
+
+/// Retiring one of two instances of the same tag keeps the route the survivor uses.
+#[tokio::test(start_paused = true)]
+async fn retiring_one_of_two_instances_of_a_tag_keeps_the_survivors_route() {
+    let h = harness(2).await;
+    h.deploy("dev", "v1").await;
+    h.deploy("dev", "v1").await;
+    assert_eq!(h.deploy("dev", "v2").await.status, DeployStatus::Succeeded);
+    let insts = h.instances("dev").await;
+    assert_eq!(insts.len(), 2);
+    let survivor = insts.iter().find(|i| i.tag == "v1").unwrap();
+    assert_eq!(
+        h.proxy.route(&survivor.domain).map(|r| r.upstream),
+        survivor.upstream.clone(),
+        "{:?}",
+        h.proxy.routes()
+    );
+}

@@ -209,6 +209,13 @@ impl FakeRuntime {
         Some(new_id)
     }
 
+    /// Remove a label from a container (as a container made by an older Skipper lacks it).
+    pub fn strip_label(&self, id: &str, key: &str) {
+        if let Some(c) = self.lock().containers.get_mut(id) {
+            c.info.labels.remove(key);
+        }
+    }
+
     /// Stop a container behind the engine's back (it crashed, or `docker stop`).
     pub fn exit_behind_back(&self, id: &str, code: i64) {
         if let Some(c) = self.lock().containers.get_mut(id) {
