@@ -35,7 +35,7 @@ AUTH_USER="skipper"
 AUTH_PASSWORD="skipper-pass"
 LOCAL_REPO="skipper-test/app"
 REMOTE_REPO="team/app"
-VARIANTS=(v1 v2 unhealthy crash slow healthcheck)
+VARIANTS=(v1 v2 unhealthy crash slow healthcheck stubborn)
 PACKAGES=(busybox-static docker-registry apache2-utils)
 
 log() { printf '==> %s\n' "$*" >&2; }

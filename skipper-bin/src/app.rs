@@ -186,17 +186,24 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
     let app = build(&cli).await?;
     let json = cli.global.json;
     let engine = &app.engine;
-    // Every command starts by repairing what an interrupted one may have left.
-    let report = engine.reconcile().await?;
+    // Read commands change nothing; every other command starts by repairing what an
+    // interrupted one may have left.
+    let read_only = matches!(cli.command, Command::Ps(_) | Command::History(_));
+    let report = if read_only {
+        skipper_core::ReconcileReport::default()
+    } else {
+        engine.reconcile().await?
+    };
     let is_reconcile = matches!(cli.command, Command::Reconcile);
-    if !json && !is_reconcile {
+    if !json && !is_reconcile && !read_only {
         output::print_reconcile(&report, false);
     }
     match &cli.command {
         Command::Deploy(args) => deploy(&app, args, json).await,
         Command::Ps(args) => {
+            // What runs now, drift included (`missing`, `exited`, `interrupted`).
             let list = engine
-                .instances(&InstanceFilter {
+                .observe(&InstanceFilter {
                     project: args.project.clone(),
                     stage: args.stage.clone(),
                 })
@@ -230,7 +237,8 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Rollback(a) => {
             let started = Instant::now();
-            match engine.rollback(&a.project, &a.stage).await {
+            let cancel = crate::signals::interrupt_token();
+            match engine.rollback_with(&a.project, &a.stage, Some(cancel)).await {
                 Ok(d) => Ok(report_deployment(engine, &d, json, started.elapsed()).await?),
                 Err(e) if json => {
                     println!("{}", output::refusal_json(&a.project, &a.stage, "", &e));
@@ -368,6 +376,7 @@ async fn deploy(app: &App, args: &DeployArgs, json: bool) -> Result<ExitCode> {
     };
     let mut req = DeployRequest::new(&project.name, &args.stage, image.clone());
     req.confirmed = args.yes;
+    req.cancel = Some(crate::signals::interrupt_token());
     req.pull = match args.pull {
         Pull::Always => PullPolicy::Always,
         Pull::Missing => PullPolicy::Missing,

@@ -7,6 +7,7 @@
 mod app;
 mod cli;
 mod output;
+mod signals;
 mod tags;
 mod watch;
 

@@ -238,12 +238,24 @@ pub(crate) fn print_reconcile(r: &ReconcileReport, always: bool) {
     add("orphan containers removed", &r.removed_containers);
     add("containers adopted", &r.adopted);
     add("restarted", &r.restarted);
+    add("corrected from the runtime", &r.updated);
     add("routes repaired", &r.routes_repaired);
+    add("missing (container gone; deploy again or roll back)", &r.missing);
     add("busy (skipped)", &r.busy);
+    if !r.foreign.is_empty() {
+        let n = r.foreign.len();
+        parts.push(format!(
+            "{n} container{} belong{} to another Skipper store (left alone)",
+            if n == 1 { "" } else { "s" },
+            if n == 1 { "s" } else { "" }
+        ));
+    }
     if parts.is_empty() {
         if always {
             println!("nothing to repair");
         }
+    } else if always {
+        println!("reconciled: {}", parts.join("; "));
     } else {
         eprintln!("reconciled: {}", parts.join("; "));
     }

@@ -228,19 +228,35 @@ impl Engine {
     /// If that version still runs (with `max_instances > 1`), traffic switches to it at once;
     /// otherwise it is deployed again (pinned to its digest when known), health-gated as usual.
     pub async fn rollback(&self, project: &str, stage: &str) -> Result<Deployment> {
+        self.rollback_with(project, stage, None).await
+    }
+
+    /// [`rollback`](Self::rollback), interrupted (and rolled back itself, like any deploy) when
+    /// `cancel` is cancelled.
+    pub async fn rollback_with(
+        &self,
+        project: &str,
+        stage: &str,
+        cancel: Option<tokio_util::sync::CancellationToken>,
+    ) -> Result<Deployment> {
         let this = self.clone();
         let (project, stage) = (project.to_owned(), stage.to_owned());
-        self.tracked(async move { this.rollback_inner(&project, &stage).await })
+        self.tracked(async move { this.rollback_inner(&project, &stage, cancel).await })
             .await
     }
 
-    async fn rollback_inner(&self, project_name: &str, stage_name: &str) -> Result<Deployment> {
+    async fn rollback_inner(
+        &self,
+        project_name: &str,
+        stage_name: &str,
+        cancel: Option<tokio_util::sync::CancellationToken>,
+    ) -> Result<Deployment> {
         let project = self.project(project_name).await?;
         let stage = project.stage(stage_name)?.clone();
         // The lease is held from choosing the target to the end of the redeploy or switch, so
         // no other deploy slips in between.
         let lock = self.lock_stage(&project.name, &stage.name).await?;
-        let r = self.rollback_locked(project, stage, &lock).await;
+        let r = self.rollback_locked(project, stage, &lock, cancel).await;
         lock.release().await;
         r
     }
@@ -250,6 +266,7 @@ impl Engine {
         project: crate::model::Project,
         stage: crate::model::Stage,
         lease: &super::Lease,
+        cancel: Option<tokio_util::sync::CancellationToken>,
     ) -> Result<Deployment> {
         self.reconcile_stage(&project, &stage).await?;
         let filter = InstanceFilter {
@@ -315,6 +332,7 @@ impl Engine {
         let mut req = DeployRequest::new(&project.name, &stage.name, image);
         req.trigger = Trigger::Rollback;
         req.pull = PullPolicy::Missing;
+        req.cancel = cancel;
         self.deploy_locked(project, stage, tag, req, lease).await
     }
 

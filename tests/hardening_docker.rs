@@ -1,0 +1,297 @@
+//! What real machines do to Skipper, against the real Docker engine: another data directory on
+//! the same engine, an emptied store file, `kill -9` at random moments, SIGTERM mid-deploy.
+//!
+//! Run with:
+//! `scripts/test-env.sh && cargo test --test hardening_docker -- --ignored --test-threads=1`
+//!
+//! Each test runs the built `skipper` binary in its own scope (containers and networks removed
+//! when the test ends, failed or not), as `tests/cli_docker.rs` does.
+
+#![allow(
+    clippy::disallowed_methods,
+    reason = "these tests are synchronous: they drive processes and wait with thread::sleep, off any async runtime"
+)]
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+
+use common::KillOnDrop;
+use common::bin::{Run, World};
+use common::docker::{Scope, docker};
+use common::env::TestEnv;
+use common::http::body;
+
+struct Harness {
+    env: TestEnv,
+    world: World,
+}
+
+impl Harness {
+    fn new(test: &str) -> Option<Self> {
+        let env = common::env_or_skip(test, TestEnv::load)?;
+        let h = Self {
+            env,
+            world: World::new(Scope::new(&format!("hard-{test}"))),
+        };
+        common::bin::skipper_bin();
+        Some(h)
+    }
+
+    fn run(&self, mut c: Command, args: &[&str]) -> Run {
+        let out = c
+            .output()
+            .unwrap_or_else(|e| panic!("run skipper {args:?}: {e}"));
+        Run::from_output(args, out)
+    }
+
+    /// `skipper <args> --json` on this world's store.
+    fn skipper(&self, args: &[&str]) -> Run {
+        self.run(self.world.command(args), args)
+    }
+
+    /// `skipper <args> --json` on another data directory, same engine, same scope.
+    fn skipper_in(&self, data_dir: &std::path::Path, args: &[&str]) -> Run {
+        let mut c = self.world.command(args);
+        c.env("SKIPPER_DATA_DIR", data_dir);
+        self.run(c, args)
+    }
+
+    fn deploy_args(&self, tag: &str) -> Vec<String> {
+        [
+            "deploy",
+            &self.env.image(tag),
+            "--health-path",
+            "/health",
+            "--health-timeout",
+            "20s",
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    }
+
+    /// `(id, state, instance label)` of each container of the scope.
+    fn containers(&self) -> Vec<(String, String, String)> {
+        docker(&[
+            "ps",
+            "-a",
+            "--no-trunc",
+            "--filter",
+            &self.world.scope.filter(),
+            "--format",
+            "{{.ID}}\t{{.State}}\t{{.Label \"dev.skipper.instance\"}}",
+        ])
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split('\t');
+            Some((
+                f.next()?.to_owned(),
+                f.next()?.to_owned(),
+                f.next().unwrap_or_default().to_owned(),
+            ))
+        })
+        .collect()
+    }
+
+    fn ps(&self) -> Vec<Value> {
+        let run = self.skipper(&["ps"]);
+        assert_eq!(run.code, Some(0), "ps: {:#} {}", run.json, run.stderr);
+        run.json.as_array().expect("ps --json is an array").clone()
+    }
+}
+
+macro_rules! harness_or_skip {
+    ($test:expr) => {
+        common::or_skip!(Harness::new($test))
+    };
+}
+
+fn address(v: &Value) -> String {
+    v["instance"]["address"]
+        .as_str()
+        .or_else(|| v["address"].as_str())
+        .unwrap_or_else(|| panic!("no address in {v:#}"))
+        .to_owned()
+}
+
+/// Another store on the same engine (`--data-dir` elsewhere, `sudo`, a typo, a fresh checkout)
+/// and an emptied store file never remove this store's containers.
+#[test]
+#[ignore = "needs docker engine"]
+fn another_store_and_an_emptied_store_never_touch_the_containers() {
+    let h = harness_or_skip!("stores");
+    let args = h.deploy_args("v1");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let v1 = h.skipper(&args).succeeded();
+    let serving = address(&v1);
+    assert_eq!(body(&serving), "v1");
+
+    let other = tempfile::tempdir().expect("temp dir");
+    let b = other.path().join("data");
+    let ps = h.skipper_in(&b, &["ps"]);
+    assert_eq!(ps.code, Some(0), "{:#} {}", ps.json, ps.stderr);
+    let r = h.skipper_in(&b, &["reconcile"]);
+    assert_eq!(r.code, Some(0), "{:#} {}", r.json, r.stderr);
+    assert_eq!(r.json["removed_containers"], serde_json::json!([]), "{:#}", r.json);
+    assert_eq!(r.json["foreign"].as_array().map(Vec::len), Some(1), "{:#}", r.json);
+    // A deploy through the other store (another project) leaves this one's container alone.
+    let mut args_b = h.deploy_args("v2");
+    args_b.extend(["--project".into(), "other".into()]);
+    let args_b: Vec<&str> = args_b.iter().map(String::as_str).collect();
+    h.skipper_in(&b, &args_b).succeeded();
+    assert_eq!(body(&serving), "v1", "still serving after the other store's deploy");
+    assert_eq!(h.containers().len(), 2);
+
+    // The store file emptied (a botched restore): reads and reconcile remove nothing.
+    let db = h.world.dir.path().join("data").join("skipper.db");
+    std::fs::write(&db, b"").expect("empty the store");
+    for f in ["skipper.db-wal", "skipper.db-shm"] {
+        let _ = std::fs::remove_file(h.world.dir.path().join("data").join(f));
+    }
+    assert!(h.ps().is_empty(), "the emptied store knows nothing");
+    let r = h.skipper(&["reconcile"]);
+    assert_eq!(r.code, Some(0), "{:#} {}", r.json, r.stderr);
+    assert_eq!(r.json["removed_containers"], serde_json::json!([]), "{:#}", r.json);
+    assert_eq!(h.containers().len(), 2, "nothing was removed");
+    assert!(h.containers().iter().all(|c| c.1 == "running"));
+    assert_eq!(body(&serving), "v1");
+}
+
+/// A tiny deterministic generator (the seed is printed, so a failing run can be replayed with
+/// `SKIPPER_SOAK_SEED`).
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n
+    }
+}
+
+/// The kill -9 soak: deploys of good, unhealthy, slow-to-start and SIGTERM-ignoring images,
+/// each killed with SIGKILL at a random moment. After every kill one `skipper reconcile` takes
+/// the dead process's lease over at once and leaves exactly one serving instance of the stage,
+/// no container that no instance claims, and no deploy in progress.
+#[test]
+#[ignore = "needs docker engine"]
+fn kill_9_at_random_moments_always_leaves_one_serving_instance() {
+    let h = harness_or_skip!("soak");
+    let rounds: u64 = std::env::var("SKIPPER_SOAK_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(6);
+    let seed = std::env::var("SKIPPER_SOAK_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+        });
+    eprintln!("soak: {rounds} rounds, SKIPPER_SOAK_SEED={seed}");
+    let mut rng = Lcg(seed);
+    let first = h.deploy_args("v1");
+    let first: Vec<&str> = first.iter().map(String::as_str).collect();
+    h.skipper(&first).succeeded();
+    let images = ["v1", "v2", "unhealthy", "slow", "stubborn"];
+    for round in 0..rounds {
+        let tag = images[rng.next(images.len() as u64) as usize];
+        let delay = Duration::from_millis(rng.next(5000));
+        let case = format!("round {round}: {tag}, killed after {delay:?} (seed {seed})");
+        let args = h.deploy_args(tag);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut c = h.world.command(&args);
+        // A stop that takes a while (the stubborn image waits out the grace): a wide window
+        // in which the old version is being stopped.
+        c.env("SKIPPER_STOP_GRACE", "3s")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let mut child = KillOnDrop(Some(c.spawn().expect("start skipper deploy")));
+        let start = Instant::now();
+        while start.elapsed() < delay && child.child().try_wait().unwrap().is_none() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.child().kill();
+        let _ = child.child().wait();
+
+        // One reconcile, right away: the dead holder's lease is taken over, not waited out.
+        let r = h.skipper(&["reconcile"]);
+        assert_eq!(r.code, Some(0), "{case}: {:#} {}", r.json, r.stderr);
+        assert_eq!(r.json["busy"], serde_json::json!([]), "{case}: {:#}", r.json);
+
+        let ps = h.ps();
+        let active: Vec<&Value> = ps.iter().filter(|i| i.get("active") == Some(&Value::Bool(true))).collect();
+        assert_eq!(active.len(), 1, "{case}: one active instance: {ps:#?}");
+        assert_eq!(active[0]["state"], "running", "{case}: {ps:#?}");
+        let answer = body(&address(active[0]));
+        assert_eq!(
+            Some(answer.as_str()),
+            active[0]["tag"].as_str(),
+            "{case}: the active instance serves its version"
+        );
+        let claimed: Vec<&str> = ps.iter().filter_map(|i| i["id"].as_str()).collect();
+        for (id, state, instance) in h.containers() {
+            assert!(
+                claimed.contains(&instance.as_str()),
+                "{case}: container {id} ({state}) of instance {instance:?} is claimed by none: {ps:#?}"
+            );
+        }
+        let history = h.skipper(&["history"]);
+        let open: Vec<&Value> = history
+            .json
+            .as_array()
+            .expect("history is an array")
+            .iter()
+            .filter(|d| d["status"] == "in_progress")
+            .collect();
+        assert!(open.is_empty(), "{case}: deploys in progress: {open:#?}");
+    }
+}
+
+/// SIGTERM (a cancelled CI job) or Ctrl-C during a deploy: it rolls back, prints its usual
+/// result with `status: failed` and the cause "interrupted", and exits 1.
+#[test]
+#[ignore = "needs docker engine"]
+fn sigterm_during_a_deploy_rolls_back_and_says_interrupted() {
+    let h = harness_or_skip!("sigterm");
+    let first = h.deploy_args("v1");
+    let first: Vec<&str> = first.iter().map(String::as_str).collect();
+    let v1 = h.skipper(&first).succeeded();
+    let args = h.deploy_args("slow");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut c = h.world.command(&args);
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = KillOnDrop(Some(c.spawn().expect("start skipper deploy")));
+    let start = Instant::now();
+    while h.containers().len() < 2 {
+        assert!(start.elapsed() < Duration::from_secs(30), "the slow container never appeared");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let pid = child.child().id().to_string();
+    let status = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill -TERM");
+    assert!(status.success());
+    let out = child.take().wait_with_output().expect("wait for skipper");
+    let run = Run::from_output(&args, out);
+    assert_eq!(run.code, Some(1), "{:#} {}", run.json, run.stderr);
+    let d = run.failed();
+    assert_eq!(d["error"]["kind"], "interrupted", "{d:#}");
+    assert!(
+        d["error"]["message"].as_str().unwrap_or_default().contains("interrupted"),
+        "{d:#}"
+    );
+    let containers = h.containers();
+    assert_eq!(containers.len(), 1, "the half-deployed container is gone: {containers:?}");
+    assert_eq!(body(&address(&v1)), "v1");
+    let history = h.skipper(&["history"]);
+    assert_eq!(history.json[0]["status"], "failed", "{:#}", history.json);
+}
