@@ -516,17 +516,19 @@ fn kill_9_during_the_health_check_is_repaired_by_the_next_command() {
     assert_eq!(h.containers().len(), 2, "the orphan is still there");
     // `ps` changes nothing: it shows the dead deploy's instance as interrupted.
     let ps = h.ps();
-    assert!(
-        ps.iter().any(|i| i["state"] == "interrupted"),
-        "{ps:#?}"
-    );
+    assert!(ps.iter().any(|i| i["state"] == "interrupted"), "{ps:#?}");
     assert_eq!(h.containers().len(), 2, "ps removed nothing");
 
     // The next mutating command takes the dead process's lease over at once (no waiting out
     // its TTL: the stage is not busy) and repairs.
     let r = h.skipper(&["reconcile"]);
     assert_eq!(r.json["busy"], serde_json::json!([]), "{:#}", r.json);
-    assert_eq!(r.json["interrupted"].as_array().map(Vec::len), Some(1), "{:#}", r.json);
+    assert_eq!(
+        r.json["interrupted"].as_array().map(Vec::len),
+        Some(1),
+        "{:#}",
+        r.json
+    );
     assert_only_v1(&h, &v1);
     let history = h.history();
     assert_eq!(history[0]["tag"], "unhealthy");

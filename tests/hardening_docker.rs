@@ -135,14 +135,28 @@ fn another_store_and_an_emptied_store_never_touch_the_containers() {
     assert_eq!(ps.code, Some(0), "{:#} {}", ps.json, ps.stderr);
     let r = h.skipper_in(&b, &["reconcile"]);
     assert_eq!(r.code, Some(0), "{:#} {}", r.json, r.stderr);
-    assert_eq!(r.json["removed_containers"], serde_json::json!([]), "{:#}", r.json);
-    assert_eq!(r.json["foreign"].as_array().map(Vec::len), Some(1), "{:#}", r.json);
+    assert_eq!(
+        r.json["removed_containers"],
+        serde_json::json!([]),
+        "{:#}",
+        r.json
+    );
+    assert_eq!(
+        r.json["foreign"].as_array().map(Vec::len),
+        Some(1),
+        "{:#}",
+        r.json
+    );
     // A deploy through the other store (another project) leaves this one's container alone.
     let mut args_b = h.deploy_args("v2");
     args_b.extend(["--project".into(), "other".into()]);
     let args_b: Vec<&str> = args_b.iter().map(String::as_str).collect();
     h.skipper_in(&b, &args_b).succeeded();
-    assert_eq!(body(&serving), "v1", "still serving after the other store's deploy");
+    assert_eq!(
+        body(&serving),
+        "v1",
+        "still serving after the other store's deploy"
+    );
     assert_eq!(h.containers().len(), 2);
 
     // The store file emptied (a botched restore): reads and reconcile remove nothing.
@@ -154,7 +168,12 @@ fn another_store_and_an_emptied_store_never_touch_the_containers() {
     assert!(h.ps().is_empty(), "the emptied store knows nothing");
     let r = h.skipper(&["reconcile"]);
     assert_eq!(r.code, Some(0), "{:#} {}", r.json, r.stderr);
-    assert_eq!(r.json["removed_containers"], serde_json::json!([]), "{:#}", r.json);
+    assert_eq!(
+        r.json["removed_containers"],
+        serde_json::json!([]),
+        "{:#}",
+        r.json
+    );
     assert_eq!(h.containers().len(), 2, "nothing was removed");
     assert!(h.containers().iter().all(|c| c.1 == "running"));
     assert_eq!(body(&serving), "v1");
@@ -224,10 +243,18 @@ fn kill_9_at_random_moments_always_leaves_one_serving_instance() {
         // One reconcile, right away: the dead holder's lease is taken over, not waited out.
         let r = h.skipper(&["reconcile"]);
         assert_eq!(r.code, Some(0), "{case}: {:#} {}", r.json, r.stderr);
-        assert_eq!(r.json["busy"], serde_json::json!([]), "{case}: {:#}", r.json);
+        assert_eq!(
+            r.json["busy"],
+            serde_json::json!([]),
+            "{case}: {:#}",
+            r.json
+        );
 
         let ps = h.ps();
-        let active: Vec<&Value> = ps.iter().filter(|i| i.get("active") == Some(&Value::Bool(true))).collect();
+        let active: Vec<&Value> = ps
+            .iter()
+            .filter(|i| i.get("active") == Some(&Value::Bool(true)))
+            .collect();
         assert_eq!(active.len(), 1, "{case}: one active instance: {ps:#?}");
         assert_eq!(active[0]["state"], "running", "{case}: {ps:#?}");
         let answer = body(&address(active[0]));
@@ -271,7 +298,10 @@ fn sigterm_during_a_deploy_rolls_back_and_says_interrupted() {
     let mut child = KillOnDrop(Some(c.spawn().expect("start skipper deploy")));
     let start = Instant::now();
     while h.containers().len() < 2 {
-        assert!(start.elapsed() < Duration::from_secs(30), "the slow container never appeared");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the slow container never appeared"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let pid = child.child().id().to_string();
@@ -286,11 +316,18 @@ fn sigterm_during_a_deploy_rolls_back_and_says_interrupted() {
     let d = run.failed();
     assert_eq!(d["error"]["kind"], "interrupted", "{d:#}");
     assert!(
-        d["error"]["message"].as_str().unwrap_or_default().contains("interrupted"),
+        d["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("interrupted"),
         "{d:#}"
     );
     let containers = h.containers();
-    assert_eq!(containers.len(), 1, "the half-deployed container is gone: {containers:?}");
+    assert_eq!(
+        containers.len(),
+        1,
+        "the half-deployed container is gone: {containers:?}"
+    );
     assert_eq!(body(&address(&v1)), "v1");
     let history = h.skipper(&["history"]);
     assert_eq!(history.json[0]["status"], "failed", "{:#}", history.json);

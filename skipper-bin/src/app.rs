@@ -118,7 +118,7 @@ pub(crate) async fn build(cli: &Cli) -> Result<App> {
         None => None,
     };
     if let Some(url) = &config.global.notification_url {
-        builder = builder.notifier(Arc::new(WebhookNotifier::new(url.clone())?));
+        builder = builder.notifier(Arc::new(WebhookNotifier::new(url.expose().clone())?));
     }
     for (name, r) in &config.registries {
         if let (Some(username), Some(token)) = (&r.username, &r.token) {
@@ -238,7 +238,10 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Rollback(a) => {
             let started = Instant::now();
             let cancel = crate::signals::interrupt_token();
-            match engine.rollback_with(&a.project, &a.stage, Some(cancel)).await {
+            match engine
+                .rollback_with(&a.project, &a.stage, Some(cancel))
+                .await
+            {
                 Ok(d) => Ok(report_deployment(engine, &d, json, started.elapsed()).await?),
                 Err(e) if json => {
                     println!("{}", output::refusal_json(&a.project, &a.stage, "", &e));

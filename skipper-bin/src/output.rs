@@ -240,7 +240,10 @@ pub(crate) fn print_reconcile(r: &ReconcileReport, always: bool) {
     add("restarted", &r.restarted);
     add("corrected from the runtime", &r.updated);
     add("routes repaired", &r.routes_repaired);
-    add("missing (container gone; deploy again or roll back)", &r.missing);
+    add(
+        "missing (container gone; deploy again or roll back)",
+        &r.missing,
+    );
     add("busy (skipped)", &r.busy);
     if !r.foreign.is_empty() {
         let n = r.foreign.len();

@@ -18,7 +18,9 @@ pub(crate) fn interrupt_token() -> CancellationToken {
                 std::process::exit(code);
             }
             seen = true;
-            eprintln!("interrupted: stopping the operation safely (press Ctrl-C again to exit at once)");
+            eprintln!(
+                "interrupted: stopping the operation safely (press Ctrl-C again to exit at once)"
+            );
             first.cancel();
         }
     });

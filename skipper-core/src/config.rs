@@ -60,10 +60,44 @@ pub struct GlobalConfig {
     pub network: String,
     /// The stage label pattern.
     pub subdomain_pattern: String,
-    /// Where events are POSTed as JSON, if anywhere.
-    pub notification_url: Option<Url>,
+    /// Where events are POSTed as JSON, if anywhere. A secret: Slack, Discord and similar URLs
+    /// are bearer tokens, so `Debug` shows only the host.
+    pub notification_url: Option<SecretUrl>,
     /// How often `watch` polls registries.
     pub poll_interval: Duration,
+}
+
+/// A URL that is a secret (a webhook URL carrying its token in the path or query): `Debug` and
+/// [`host`](Self::host) show only the scheme and host; [`expose`](Self::expose) gives the URL to
+/// the one call that needs it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretUrl(Url);
+
+impl SecretUrl {
+    /// Keep `url` as a secret.
+    pub fn new(url: Url) -> Self {
+        Self(url)
+    }
+
+    /// The URL itself, for the request that uses it. Never log it.
+    pub fn expose(&self) -> &Url {
+        &self.0
+    }
+
+    /// `scheme://host[:port]`, safe to show.
+    pub fn host(&self) -> String {
+        let host = self.0.host_str().unwrap_or("?");
+        match self.0.port() {
+            Some(port) => format!("{}://{host}:{port}", self.0.scheme()),
+            None => format!("{}://{host}", self.0.scheme()),
+        }
+    }
+}
+
+impl std::fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SecretUrl({}/[REDACTED])", self.host())
+    }
 }
 
 impl Default for GlobalConfig {
@@ -348,7 +382,8 @@ impl Config {
             global.subdomain_pattern = p.value;
         }
         if let Some(u) = raw.global.notification_url {
-            global.notification_url = Some(parse_url(&u, "global.notification_url")?);
+            global.notification_url =
+                Some(SecretUrl::new(parse_url(&u, "global.notification_url")?));
         }
         if let Some(i) = raw.global.poll_interval {
             global.poll_interval =

@@ -188,6 +188,9 @@ pub struct RouteOptions {
     pub access_list_id: Option<u64>,
     /// Extra proxy configuration, verbatim.
     pub advanced_config: Option<String>,
+    /// Take over a proxy host for the domain that Skipper did not create (made by hand in the
+    /// proxy's UI). Without it such a host is refused, never changed; `rm` never deletes one.
+    pub adopt: bool,
 }
 
 /// One stage of a project (dev, rel, prod): which tags it takes and how it runs them.

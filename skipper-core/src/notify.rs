@@ -10,13 +10,15 @@ use async_trait::async_trait;
 use url::Url;
 
 use crate::backend::Notifier;
+use crate::config::SecretUrl;
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::Event;
 
-/// POSTs events to a URL.
+/// POSTs events to a URL. The URL is a secret (chat webhooks carry their token in it): `Debug`,
+/// logs and errors show only its host, and reqwest's errors are stripped of it.
 #[derive(Debug, Clone)]
 pub struct WebhookNotifier {
-    url: Url,
+    url: SecretUrl,
     client: reqwest::Client,
 }
 
@@ -35,7 +37,10 @@ impl WebhookNotifier {
                     e,
                 )
             })?;
-        Ok(Self { url, client })
+        Ok(Self {
+            url: SecretUrl::new(url),
+            client,
+        })
     }
 }
 
@@ -44,7 +49,7 @@ impl Notifier for WebhookNotifier {
     async fn notify(&self, event: &Event) -> Result<()> {
         let resp = self
             .client
-            .post(self.url.clone())
+            .post(self.url.expose().clone())
             .json(event)
             .send()
             .await
@@ -52,8 +57,8 @@ impl Notifier for WebhookNotifier {
                 Error::backend_with(
                     "webhook",
                     ErrorKind::Transient,
-                    format!("cannot deliver the event to {}", self.url),
-                    e,
+                    format!("cannot deliver the event to {}", self.url.host()),
+                    e.without_url(),
                 )
             })?;
         let status = resp.status();
@@ -68,7 +73,7 @@ impl Notifier for WebhookNotifier {
             Err(Error::backend(
                 "webhook",
                 kind,
-                format!("{} answered {status}", self.url),
+                format!("{} answered {status}", self.url.host()),
             ))
         }
     }
@@ -123,5 +128,41 @@ mod tests {
         let e = n.notify(&event()).await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Transient);
         assert!(e.to_string().contains("503"), "{e}");
+    }
+
+    /// The URL is a bearer token: never in `Debug` or in error text, even reqwest's.
+    #[tokio::test]
+    async fn the_url_never_shows() {
+        let token = "T000/B000/XXXXsecretXXXX";
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .respond_with(ResponseTemplate::new(404))
+            .mount(&server)
+            .await;
+        let url: Url = format!("{}/services/{token}", server.uri())
+            .parse()
+            .unwrap();
+        let n = WebhookNotifier::new(url).unwrap();
+        assert!(!format!("{n:?}").contains("secret"), "{n:?}");
+        let e = n.notify(&event()).await.unwrap_err();
+        assert!(!e.chain().contains("secret"), "{}", e.chain());
+        assert!(!format!("{e:?}").contains("secret"), "{e:?}");
+        // Nothing listens: reqwest's own error names the URL unless it is stripped.
+        let closed: Url = format!("http://127.0.0.1:9/services/{token}")
+            .parse()
+            .unwrap();
+        let e = WebhookNotifier::new(closed)
+            .unwrap()
+            .notify(&event())
+            .await
+            .unwrap_err();
+        assert!(e.chain().contains("127.0.0.1:9"), "{}", e.chain());
+        assert!(!e.chain().contains("secret"), "{}", e.chain());
+        assert!(!format!("{e:?}").contains("secret"), "{e:?}");
+        let config = crate::config::Config::parse(&format!(
+            "global:\n  notification_url: https://hooks.example.com/services/{token}\n"
+        ))
+        .unwrap();
+        assert!(!format!("{config:?}").contains("secret"));
     }
 }

@@ -188,6 +188,8 @@ impl ProxyHost {
             access_list_id: (self.access_list_id > 0).then_some(self.access_list_id),
             advanced_config: (!self.advanced_config.is_empty())
                 .then(|| self.advanced_config.clone()),
+            // Skipper's own choice, not NPM's: a listed host is one Skipper manages.
+            adopt: false,
         }
     }
 

@@ -18,6 +18,18 @@ use crate::api::{Health, NpmVersion, ProxyHost, Settings, TokenAnswer, route_pro
 use crate::config::NpmConfig;
 use crate::error::{NpmError, Result, domain_in_use};
 
+/// A host Skipper did not create is taken over only when the project says so.
+fn refuse_unless_adoptable(route: &Route, host: &ProxyHost) -> Result<()> {
+    if host.is_managed() || route.options.adopt {
+        Ok(())
+    } else {
+        Err(NpmError::NotAdopted {
+            domain: route.domain.clone(),
+            id: host.id,
+        })
+    }
+}
+
 /// A client for Nginx Proxy Manager's API, and Skipper's [`ProxyManager`] on top of it.
 ///
 /// Cheap to share (`Arc<NpmClient>`); all methods take `&self`. It logs in on first use, keeps
@@ -200,7 +212,10 @@ impl NpmClient {
         }
         let desired = self.desired(route).await?;
         match self.find_host(&route.domain).await? {
-            Some(host) => self.converge(&route.domain, host, &desired, false).await,
+            Some(host) => {
+                refuse_unless_adoptable(route, &host)?;
+                self.converge(&route.domain, host, &desired, false).await
+            }
             None => self.create(route, &desired).await,
         }
     }
@@ -367,6 +382,7 @@ impl NpmClient {
                 warn!(domain, error = %err, "create not confirmed; looking for the host before anything else");
                 match self.find_host(domain).await {
                     Ok(Some(host)) => {
+                        refuse_unless_adoptable(route, &host)?;
                         info!(
                             domain,
                             id = host.id,

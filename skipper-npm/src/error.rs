@@ -97,6 +97,20 @@ pub enum NpmError {
         id: u64,
     },
 
+    /// A proxy host Skipper did not create serves the domain, and the project does not let
+    /// Skipper take it over.
+    #[error(
+        "proxy host {id} already serves {domain} and was not created by Skipper; Skipper leaves \
+         it alone: remove it in Nginx Proxy Manager, or set `route: {{ adopt: true }}` on the \
+         project to let Skipper take it over"
+    )]
+    NotAdopted {
+        /// The domain.
+        domain: String,
+        /// The proxy host's id.
+        id: u64,
+    },
+
     /// NPM saved the host but nginx refused the generated configuration (`meta.nginx_online` is
     /// `false`): the route does not serve.
     #[error("nginx rejected the configuration for {domain} (proxy host {id}): {nginx_err}")]
@@ -181,7 +195,9 @@ impl NpmError {
             Self::BadCredentials { .. } | Self::TwoFactorRequired | Self::Refused { .. } => {
                 ErrorKind::Unauthorized
             }
-            Self::DomainInUse { .. } | Self::NotManaged { .. } => ErrorKind::Conflict,
+            Self::DomainInUse { .. } | Self::NotManaged { .. } | Self::NotAdopted { .. } => {
+                ErrorKind::Conflict
+            }
             Self::HostNotFound { .. } => ErrorKind::NotFound,
             // nginx refuses a config for a reason in the route (advanced_config, an upstream name
             // that does not resolve): repeating the same call fails the same way.
@@ -256,9 +272,9 @@ impl From<NpmError> for skipper_core::Error {
         let kind = err.kind();
         let message = err.to_string();
         match err {
-            NpmError::DomainInUse { .. } | NpmError::NotManaged { .. } => {
-                skipper_core::Error::Conflict { what: message }
-            }
+            NpmError::DomainInUse { .. }
+            | NpmError::NotManaged { .. }
+            | NpmError::NotAdopted { .. } => skipper_core::Error::Conflict { what: message },
             NpmError::HostNotFound { domain } => {
                 skipper_core::Error::not_found(format!("proxy host for {domain}"))
             }

@@ -425,13 +425,36 @@ async fn takes_over_an_unmanaged_host_keeping_its_meta() {
     )
     .await;
 
-    npm.client()
-        .ensure_route(&route("app-1", 8080))
-        .await
-        .unwrap();
+    let mut adopting = route("app-1", 8080);
+    adopting.options.adopt = true;
+    npm.client().ensure_route(&adopting).await.unwrap();
     let meta = &npm.host(id).unwrap()["meta"];
     assert_eq!(meta["skipper"], true);
     assert_eq!(meta["letsencrypt_agree"], false);
+}
+
+/// A host made by hand for the same domain is refused, and left as it was, unless the project
+/// opts in with `route: { adopt: true }`; `remove` never deletes it.
+#[tokio::test]
+async fn refuses_a_host_it_did_not_create_unless_adopting() {
+    let npm = FakeNpm::start().await;
+    let id = npm.insert_host(ui_host(DOMAIN, "by-hand", 80));
+    let before = npm.host(id).unwrap();
+    let err = npm
+        .client()
+        .ensure_route(&route("app-1", 8080))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), skipper_core::ErrorKind::Conflict, "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("adopt: true") && msg.contains("not created by Skipper"),
+        "{msg}"
+    );
+    assert_eq!(npm.host(id).unwrap(), before, "the host is untouched");
+    let err = npm.client().remove_route(DOMAIN).await.unwrap_err();
+    assert_eq!(err.kind(), skipper_core::ErrorKind::Conflict, "{err}");
+    assert_eq!(npm.host(id).unwrap(), before, "and never deleted");
 }
 
 #[tokio::test]
