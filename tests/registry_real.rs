@@ -380,7 +380,10 @@ fn watch_once_baselines_then_deploys_a_new_tag() {
     assert_eq!(deployed[0]["tag"], "dev-2");
     assert_eq!(deployed[0]["stage"], "dev");
     assert_eq!(deployed[0]["change"], "new");
-    assert_eq!(deployed[0]["status"], "succeeded", "{report:#}");
+    assert!(
+        deployed[0].get("status").is_none(),
+        "failed deploys are errors: {report:#}"
+    );
 
     let (code, ps, _) = h.skipper(&["ps", "--project", &project]);
     assert_eq!(code, Some(0));

@@ -6,7 +6,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Result;
-use skipper_core::DeployStatus;
 use skipper_registry::{WatchReport, WatchSettings, Watcher};
 
 use crate::app::{self, App};
@@ -101,21 +100,10 @@ fn print_report(report: &WatchReport, json: bool) {
         );
     }
     for d in &report.deployed {
-        match d.status {
-            DeployStatus::Succeeded => println!(
-                "deployed {}/{} {} ({}), deployment {}",
-                d.project, d.stage, d.tag, d.change, d.deployment_id
-            ),
-            _ => println!(
-                "deploy FAILED {}/{} {} ({}), rolled back, deployment {}: {}",
-                d.project,
-                d.stage,
-                d.tag,
-                d.change,
-                d.deployment_id,
-                d.error.as_deref().unwrap_or("unknown error")
-            ),
-        }
+        println!(
+            "deployed {}/{} {} ({}), deployment {}",
+            d.project, d.stage, d.tag, d.change, d.deployment_id
+        );
     }
     for a in &report.announced {
         println!(
@@ -137,7 +125,13 @@ fn print_report(report: &WatchReport, json: bool) {
             (Some(stage), Some(tag)) => format!("{}/{stage} {tag}", e.project),
             _ => e.project.clone(),
         };
-        println!("error {at}: {} ({})", e.message, e.kind);
+        match &e.deployment_id {
+            Some(id) => println!(
+                "deploy FAILED {at}, rolled back, deployment {id}: {} ({})",
+                e.message, e.kind
+            ),
+            None => println!("error {at}: {} ({})", e.message, e.kind),
+        }
     }
     println!("{}", report.summary());
 }

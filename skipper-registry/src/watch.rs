@@ -364,7 +364,8 @@ pub struct PolledRepository {
     pub baseline: bool,
 }
 
-/// A deploy the watcher started.
+/// A deploy the watcher ran that succeeded: the new version serves. A deploy that failed (and
+/// was rolled back) is a [`ProjectError`] with its [`deployment_id`](ProjectError::deployment_id).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Deployed {
     /// The project.
@@ -379,10 +380,6 @@ pub struct Deployed {
     pub change: Change,
     /// The deployment's id (see `skipper history`).
     pub deployment_id: String,
-    /// `succeeded`, or `failed` (rolled back; the previous version serves).
-    pub status: DeployStatus,
-    /// The failure, when it failed.
-    pub error: Option<String>,
 }
 
 /// A "new version available" event sent to the notifiers.
@@ -415,7 +412,9 @@ pub struct Skipped {
     pub reason: String,
 }
 
-/// Something that failed for a project (the rest of the round went on).
+/// Something that failed for a project (the rest of the round went on): a registry or store
+/// call, a deploy that could not start, or a deploy that ran, failed and was rolled back (then
+/// [`deployment_id`](Self::deployment_id) is set).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProjectError {
     /// The project.
@@ -430,6 +429,9 @@ pub struct ProjectError {
     pub message: String,
     /// How long the registry asked to wait, in seconds, when it said.
     pub retry_after_secs: Option<u64>,
+    /// The failed deployment (see `skipper history`), when a deploy ran and was rolled back.
+    #[serde(default)]
+    pub deployment_id: Option<String>,
 }
 
 /// What one polling round (or one push) did. Serialises to JSON for `skipper watch --json`.
@@ -441,13 +443,13 @@ pub struct WatchReport {
     pub finished_at: DateTime<Utc>,
     /// The repositories polled (empty for a push).
     pub polled: Vec<PolledRepository>,
-    /// Deploys started (each succeeded, or failed and was rolled back).
+    /// Deploys that succeeded. Failed ones are in [`errors`](Self::errors).
     pub deployed: Vec<Deployed>,
     /// "New version available" events sent.
     pub announced: Vec<Announced>,
     /// Decisions not to act, with reasons.
     pub skipped: Vec<Skipped>,
-    /// Failures, per project.
+    /// Failures, per project, failed deploys included.
     pub errors: Vec<ProjectError>,
 }
 
@@ -467,10 +469,7 @@ impl WatchReport {
 
     /// Whether a deploy failed (and was rolled back) or could not start.
     pub fn deploy_failed(&self) -> bool {
-        self.deployed
-            .iter()
-            .any(|d| d.status != DeployStatus::Succeeded)
-            || self.errors.iter().any(|e| e.stage.is_some())
+        self.errors.iter().any(|e| e.stage.is_some())
     }
 
     /// Whether nothing was deployed, announced or failed.
@@ -478,7 +477,8 @@ impl WatchReport {
         self.deployed.is_empty() && self.announced.is_empty() && self.errors.is_empty()
     }
 
-    /// One line: `2 repositories polled, 1 deployed, 0 announced, 1 skipped, 0 errors`.
+    /// One line: `2 repositories polled, 1 deployed, 0 announced, 1 skipped, 0 errors`. A deploy
+    /// that failed counts as an error, not as deployed.
     pub fn summary(&self) -> String {
         format!(
             "{} repositor{} polled, {} deployed, {} announced, {} skipped, {} error{}",
@@ -500,6 +500,7 @@ impl WatchReport {
             kind: e.error.kind(),
             message: e.error.chain(),
             retry_after_secs: e.retry_after.map(|d| d.as_secs().max(1)),
+            deployment_id: None,
         });
     }
 
@@ -1302,12 +1303,8 @@ impl Watcher {
         let mut req = DeployRequest::new(p.clone(), s.clone(), image);
         req.trigger = trigger;
         match self.inner.engine.deploy(req).await {
-            Ok(d) => {
-                if d.status == DeployStatus::Succeeded {
-                    tracing::info!(project = %p, stage = %s, tag, deployment = %d.id, "deployed");
-                } else {
-                    tracing::warn!(project = %p, stage = %s, tag, deployment = %d.id, "deploy failed and was rolled back; not retrying until the tag changes");
-                }
+            Ok(d) if d.status == DeployStatus::Succeeded => {
+                tracing::info!(project = %p, stage = %s, tag, deployment = %d.id, "deployed");
                 report.deployed.push(Deployed {
                     project: p.clone(),
                     stage: s.clone(),
@@ -1315,8 +1312,34 @@ impl Watcher {
                     digest: d.digest.clone().or(candidate.digest),
                     change: candidate.change,
                     deployment_id: d.id,
-                    status: d.status,
-                    error: d.error.map(|e| e.message),
+                });
+            }
+            Ok(d) => {
+                // Rolled back: a failure of the round, not a deploy. Not retried until the tag
+                // moves again (the tag is recorded as seen).
+                tracing::warn!(project = %p, stage = %s, tag, deployment = %d.id, "deploy failed and was rolled back; not retrying until the tag changes");
+                let (kind, message) = match &d.error {
+                    Some(e) => (
+                        e.kind,
+                        format!(
+                            "deploy failed at step {} and was rolled back: {}",
+                            e.step.as_str(),
+                            e.message
+                        ),
+                    ),
+                    None => (
+                        ErrorKind::Internal,
+                        format!("deploy ended {} without an error record", d.status.as_str()),
+                    ),
+                };
+                report.errors.push(ProjectError {
+                    project: p.clone(),
+                    stage: Some(s.clone()),
+                    tag: Some(candidate.tag),
+                    kind,
+                    message,
+                    retry_after_secs: None,
+                    deployment_id: Some(d.id),
                 });
             }
             Err(e) => {
@@ -1731,7 +1754,6 @@ mod tests {
             vec![row("web", "dev", "dev-2", Change::FirstRun)],
             "{report:#?}"
         );
-        assert_eq!(report.deployed[0].status, DeployStatus::Succeeded);
         // The stage without auto_deploy is neither deployed nor told about old tags.
         assert!(report.announced.is_empty());
         assert!(h.active("web", "rel").await.is_none());
@@ -2086,9 +2108,12 @@ mod tests {
             .await;
         let report = watcher.run_once().await.unwrap();
 
-        assert_eq!(report.deployed.len(), 1, "{report:#?}");
-        assert_eq!(report.deployed[0].status, DeployStatus::Failed);
-        assert!(report.deployed[0].error.is_some());
+        assert!(report.deployed.is_empty(), "{report:#?}");
+        assert_eq!(report.errors.len(), 1, "{report:#?}");
+        assert!(
+            report.errors[0].message.contains("rolled back"),
+            "{report:#?}"
+        );
         assert!(report.deploy_failed());
         assert_eq!(
             h.active("web", "dev").await.unwrap().tag,
@@ -2096,6 +2121,53 @@ mod tests {
             "rolled back"
         );
         assert!(watcher.run_once().await.unwrap().is_quiet(), "not retried");
+    }
+
+    #[tokio::test]
+    async fn a_failed_deploy_counts_as_a_failure_in_the_summary_and_the_json() {
+        let h = harness().await;
+        h.deploy("web", "dev", WEB, "dev-1").await;
+        h.registry.serve(WEB, &[("dev-1", "a")]).await;
+        let watcher = h.watcher();
+        watcher.run_once().await.unwrap();
+        h.registry
+            .serve(WEB, &[("dev-1", "a"), ("dev-sick", "a")])
+            .await;
+
+        let report = watcher.run_once().await.unwrap();
+
+        assert_eq!(
+            report.summary(),
+            "1 repository polled, 0 deployed, 0 announced, 0 skipped, 1 error",
+            "{report:#?}"
+        );
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["deployed"], json!([]), "{json:#}");
+        let errors = json["errors"].as_array().unwrap();
+        assert_eq!(errors.len(), 1, "{json:#}");
+        let e = &errors[0];
+        assert_eq!(
+            (&e["project"], &e["stage"], &e["tag"], &e["kind"]),
+            (
+                &json!("web"),
+                &json!("dev"),
+                &json!("dev-sick"),
+                &json!("unhealthy")
+            ),
+            "{json:#}"
+        );
+        let history = h
+            .engine
+            .deployments(&DeploymentFilter {
+                project: Some("web".into()),
+                stage: Some("dev".into()),
+                limit: Some(1),
+            })
+            .await
+            .unwrap();
+        assert_eq!(history[0].status, DeployStatus::Failed);
+        assert_eq!(e["deployment_id"], json!(history[0].id), "{json:#}");
+        assert!(report.deploy_failed());
     }
 
     #[tokio::test]
@@ -2348,12 +2420,9 @@ mod tests {
             digest: None,
             change: Change::Repushed,
             deployment_id: "abc".into(),
-            status: DeployStatus::Succeeded,
-            error: None,
         });
         let v = serde_json::to_value(&r).unwrap();
         assert_eq!(v["deployed"][0]["change"], "repushed");
-        assert_eq!(v["deployed"][0]["status"], "succeeded");
         assert_eq!(
             r.summary(),
             "0 repositories polled, 1 deployed, 0 announced, 0 skipped, 0 errors"
