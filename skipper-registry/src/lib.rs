@@ -10,7 +10,9 @@
 //!   Gitea/Forgejo and any distribution registry ([`RegistryKind`]). Plain http only for
 //!   loopback registries; TLS is always verified.
 //! - [`docker_config_credentials`] finds credentials the way `docker pull` does
-//!   (`~/.docker/config.json`, credential helpers).
+//!   (`~/.docker/config.json`, credential helpers). It is `skipper_core::docker_config`'s,
+//!   re-exported: the Docker runtime's pull uses the same parser, so what the watcher can list,
+//!   a deploy can pull.
 //! - [`select`] orders tags newest first (semver-aware) and diffs them against what was seen.
 //! - [`webhook`] turns push notifications (generic, distribution, Docker Hub, GitHub, Gitea)
 //!   into [`PushEvent`]s, verifying signatures in constant time.
@@ -50,7 +52,6 @@
 
 mod auth;
 mod client;
-mod docker_config;
 mod error;
 mod ratelimit;
 pub mod select;
@@ -60,11 +61,11 @@ pub mod webhook;
 pub use client::{
     IDENTITY_TOKEN_USER, MANIFEST_ACCEPT, RegistryClient, RegistryConfig, RegistryKind,
 };
-pub use docker_config::{
-    DOCKER_HUB_AUTH_KEY, DockerConfig, docker_config_credentials, docker_config_path,
-};
 pub use error::{BoxError, RegistryError, Result};
 pub use ratelimit::RateLimitPolicy;
 pub use select::{ChangedTag, ObservedTag, TagDiff, diff_tags, newest_tag, select_tags};
+pub use skipper_core::docker_config::{
+    DOCKER_HUB_AUTH_KEY, DockerConfig, docker_config_credentials, docker_config_path,
+};
 pub use watch::{Registries, WatchReport, WatchSettings, Watcher};
 pub use webhook::{PushEvent, WebhookError, WebhookSource};

@@ -62,10 +62,10 @@ use skipper_core::{
 use tokio::time::Instant;
 
 use crate::client::{RegistryClient, RegistryConfig, RegistryKind};
-use crate::docker_config::docker_config_credentials;
 use crate::error::RegistryError;
 use crate::select::{self, ObservedTag, TagDiff};
 use crate::webhook::PushEvent;
+use skipper_core::docker_config::docker_config_credentials;
 
 // ---------------------------------------------------------------------------------------------
 // Registries
