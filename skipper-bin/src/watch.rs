@@ -3,17 +3,15 @@
 
 use std::collections::BTreeSet;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Result;
 use skipper_registry::{WatchReport, WatchSettings, Watcher};
 
-use crate::app::{self, App};
+use crate::app::App;
 use crate::cli::WatchArgs;
 
 /// Poll once (`--once`) or until Ctrl-C / SIGTERM.
 pub(crate) async fn run(app: &App, args: &WatchArgs, json: bool) -> Result<ExitCode> {
-    let registries = Arc::new(app::registries(&app.config)?);
     // With a config file that names projects, watch those; otherwise every project in the store.
     let projects = (!app.config.projects.is_empty())
         .then(|| app.config.projects.keys().cloned().collect::<BTreeSet<_>>());
@@ -21,7 +19,8 @@ pub(crate) async fn run(app: &App, args: &WatchArgs, json: bool) -> Result<ExitC
         projects,
         ..WatchSettings::default()
     };
-    let watcher = Watcher::with_settings(app.engine.clone(), registries, settings);
+    // The engine's registry (`app::build` gives it one): the watcher is one of its controllers.
+    let watcher = Watcher::with_settings(app.engine.clone(), settings)?;
 
     if args.once {
         let report = watcher.run_once().await?;

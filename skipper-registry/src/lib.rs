@@ -16,9 +16,13 @@
 //! - [`select`] orders tags newest first (semver-aware) and diffs them against what was seen.
 //! - [`webhook`] turns push notifications (generic, distribution, Docker Hub, GitHub, Gitea)
 //!   into [`PushEvent`]s, verifying signatures in constant time.
-//! - [`watch`] detects new images: a [`Watcher`] polls every project's repository (or takes a
-//!   [`PushEvent`]), remembers the tags it saw in the store, and deploys new tags to
-//!   `auto_deploy` stages through the engine or announces them to the others.
+//! - [`Registries`] picks the client for each registry name and is itself a
+//!   [`skipper_core::Registry`]: give it to the engine with
+//!   [`EngineBuilder::registry`](skipper_core::EngineBuilder::registry).
+//! - [`watch`] detects new images: a [`Watcher`], a controller of the engine, polls every
+//!   project's repository through the engine's registry (or takes a [`PushEvent`]), remembers
+//!   the tags it saw in the store, and deploys new tags to `auto_deploy` stages through the
+//!   engine or announces them to the others.
 //!
 //! ```no_run
 //! use std::sync::Arc;
