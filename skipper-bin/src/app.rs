@@ -131,6 +131,9 @@ pub(crate) async fn build(cli: &Cli) -> Result<App> {
             );
         }
     }
+    // Tags are listed (watch) and pulled (deploy) with the same credentials: the config's
+    // entries, else the Docker config, through skipper_core::docker_config either way.
+    builder = builder.registry(Arc::new(registries(&config)?));
     let engine = builder.build();
     // The config file is the source of truth for the projects it names.
     for p in config.projects.values() {

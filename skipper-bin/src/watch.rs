@@ -3,18 +3,15 @@
 
 use std::collections::BTreeSet;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Result;
-use skipper_core::DeployStatus;
 use skipper_registry::{WatchReport, WatchSettings, Watcher};
 
-use crate::app::{self, App};
+use crate::app::App;
 use crate::cli::WatchArgs;
 
 /// Poll once (`--once`) or until Ctrl-C / SIGTERM.
 pub(crate) async fn run(app: &App, args: &WatchArgs, json: bool) -> Result<ExitCode> {
-    let registries = Arc::new(app::registries(&app.config)?);
     // With a config file that names projects, watch those; otherwise every project in the store.
     let projects = (!app.config.projects.is_empty())
         .then(|| app.config.projects.keys().cloned().collect::<BTreeSet<_>>());
@@ -22,7 +19,8 @@ pub(crate) async fn run(app: &App, args: &WatchArgs, json: bool) -> Result<ExitC
         projects,
         ..WatchSettings::default()
     };
-    let watcher = Watcher::with_settings(app.engine.clone(), registries, settings);
+    // The engine's registry (`app::build` gives it one): the watcher is one of its controllers.
+    let watcher = Watcher::with_settings(app.engine.clone(), settings)?;
 
     if args.once {
         let report = watcher.run_once().await?;
@@ -101,21 +99,10 @@ fn print_report(report: &WatchReport, json: bool) {
         );
     }
     for d in &report.deployed {
-        match d.status {
-            DeployStatus::Succeeded => println!(
-                "deployed {}/{} {} ({}), deployment {}",
-                d.project, d.stage, d.tag, d.change, d.deployment_id
-            ),
-            _ => println!(
-                "deploy FAILED {}/{} {} ({}), rolled back, deployment {}: {}",
-                d.project,
-                d.stage,
-                d.tag,
-                d.change,
-                d.deployment_id,
-                d.error.as_deref().unwrap_or("unknown error")
-            ),
-        }
+        println!(
+            "deployed {}/{} {} ({}), deployment {}",
+            d.project, d.stage, d.tag, d.change, d.deployment_id
+        );
     }
     for a in &report.announced {
         println!(
@@ -137,7 +124,13 @@ fn print_report(report: &WatchReport, json: bool) {
             (Some(stage), Some(tag)) => format!("{}/{stage} {tag}", e.project),
             _ => e.project.clone(),
         };
-        println!("error {at}: {} ({})", e.message, e.kind);
+        match &e.deployment_id {
+            Some(id) => println!(
+                "deploy FAILED {at}, rolled back, deployment {id}: {} ({})",
+                e.message, e.kind
+            ),
+            None => println!("error {at}: {} ({})", e.message, e.kind),
+        }
     }
     println!("{}", report.summary());
 }

@@ -540,7 +540,7 @@ fn build_project(
     project.route = p.route;
 
     let stages_line = find_key_line(text, "stages", name_line).unwrap_or(name_line);
-    let stage_names: Vec<String> = p.stages.keys().cloned().collect();
+    let mut promote_lines: BTreeMap<String, Option<usize>> = BTreeMap::new();
     for (sname, s) in p.stages {
         let sfield = format!("{field}.stages.{sname}");
         validate_name("stage name", &sname)
@@ -558,19 +558,7 @@ fn build_project(
             Some(m) => m.value,
             None => 1,
         };
-        if let Some(from) = &s.promote_from
-            && (from.value == sname || !stage_names.contains(&from.value))
-        {
-            return Err(Error::Config {
-                field: format!("{sfield}.promote_from"),
-                line: line_of(from),
-                message: format!(
-                    "{:?} is not another stage of {name} (stages: {})",
-                    from.value,
-                    stage_names.join(", ")
-                ),
-            });
-        }
+        promote_lines.insert(sname.clone(), s.promote_from.as_ref().and_then(line_of));
         if let Some(sub) = &s.subdomain {
             subdomain::validate_label(&sub.value)
                 .map_err(at(format!("{sfield}.subdomain"), line_of(sub)))?;
@@ -587,6 +575,14 @@ fn build_project(
                 subdomain: s.subdomain.map(|f| f.value),
             },
         );
+    }
+    // The model's own check (the engine runs it too), placed at the stage's `promote_from`.
+    if let Some(e) = project.promotion_error() {
+        return Err(Error::Config {
+            field: format!("{field}.stages.{}.promote_from", e.stage),
+            line: promote_lines.get(&e.stage).copied().flatten(),
+            message: e.reason,
+        });
     }
     project.validate().map_err(at(field, Some(name_line)))?;
     Ok(project)
@@ -723,6 +719,16 @@ projects:
         assert_eq!(field, "projects.web-app.stages.prod.promote_from");
         assert_eq!(line, Some(19));
         assert!(msg.contains("\"qa\""), "{msg}");
+
+        // A cycle is named at the promote_from of its first stage (by name).
+        let cycle = EXAMPLE.replace(
+            "rel:  { tag_pattern: \"v*\",",
+            "rel:  { tag_pattern: \"v*\", promote_from: prod,",
+        );
+        let (field, line, msg) = err(&cycle);
+        assert_eq!(field, "projects.web-app.stages.prod.promote_from");
+        assert_eq!(line, Some(19));
+        assert!(msg.contains("prod → rel → prod"), "{msg}");
 
         let bad_registry = EXAMPLE.replace("registry: gitea", "registry: github");
         let (field, line, _) = err(&bad_registry);

@@ -38,11 +38,11 @@
 //! probed port, and answers `status: None, detail: "not published"` if there is none.
 //!
 //! # Registry credentials
-//! `pull` sends the [`Credentials`] it is given. Without them it reads the `auths` entry for the
-//! image's registry from the Docker CLI config (`$DOCKER_CONFIG/config.json`, else
-//! `~/.docker/config.json`) as `docker pull` would: a base64 `auth` (`user:password`),
-//! `username`/`password`, or an `identitytoken`. Credential helpers (`credsStore`, `credHelpers`)
-//! are not run; pass credentials explicitly for those registries.
+//! `pull` sends the [`Credentials`] it is given. Without them it looks in the Docker CLI config
+//! (`$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`) as `docker pull` would, with
+//! [`crate::docker_config`], the parser the registry clients use too: the `credHelpers` entry
+//! for the image's registry, else the `credsStore` (running `docker-credential-<helper> get`),
+//! else the `auths` entry (a base64 `auth`, `username`/`password`, or an `identitytoken`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -50,7 +50,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use base64::Engine as _;
 use bollard::Docker;
 use bollard::auth::DockerCredentials;
 use bollard::errors::Error as BollardError;
@@ -72,6 +71,7 @@ use crate::backend::{
     ContainerInfo, ContainerSpec, Credentials, HealthStatus, ImageHealthcheck, ImageMetadata,
     ProbeResult, ProgressSender, PullProgress, PulledImage, RunState, Runtime,
 };
+use crate::docker_config::{DockerConfig, IDENTITY_TOKEN_USER};
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::labels;
 use crate::reference::{DOCKER_HUB, ImageRef};
@@ -226,16 +226,16 @@ impl DockerRuntime {
         self.docker.clone().with_timeout(CLIENT_TIMEOUT + extra)
     }
 
-    fn registry_credentials(&self, image: &ImageRef) -> Option<DockerCredentials> {
+    /// The credentials the Docker config has for `image`'s registry. A credential helper may
+    /// run (for up to 10 s), so this reads and asks on a blocking thread.
+    async fn registry_credentials(&self, image: &ImageRef) -> Option<DockerCredentials> {
         let path = self.docker_config.as_ref()?.join("config.json");
-        let text = std::fs::read_to_string(&path).ok()?;
-        match serde_json::from_str::<serde_json::Value>(&text) {
-            Ok(config) => credentials_from_config(&config, image.registry()),
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "ignoring an unreadable Docker config");
-                None
-            }
-        }
+        let registry = image.registry().to_owned();
+        tokio::task::spawn_blocking(move || {
+            credentials_from_config(&DockerConfig::load_if_present(&path)?, &registry)
+        })
+        .await
+        .unwrap_or_default()
     }
 
     /// A failed call on container `id`: `NotFound` naming the container when Docker says it
@@ -342,7 +342,7 @@ impl Runtime for DockerRuntime {
                 }),
                 format!("as {}", c.username),
             ),
-            None => match self.registry_credentials(image) {
+            None => match self.registry_credentials(image).await {
                 Some(c) => (
                     Some(c),
                     "with the credentials in the Docker config".to_owned(),
@@ -601,55 +601,16 @@ fn default_docker_config_dir() -> Option<PathBuf> {
         .map(|home| Path::new(&home).join(".docker"))
 }
 
-/// Whether a key of the Docker config's `auths` names `registry` (`https://index.docker.io/v1/`
-/// is Docker Hub; `http://host:port/...` is `host:port`).
-fn registry_key_matches(key: &str, registry: &str) -> bool {
-    let key = key
-        .strip_prefix("https://")
-        .or_else(|| key.strip_prefix("http://"))
-        .unwrap_or(key);
-    let host = key.split('/').next().unwrap_or(key);
-    if registry == DOCKER_HUB {
-        matches!(
-            host,
-            "docker.io" | "index.docker.io" | "registry-1.docker.io"
-        )
+/// The credentials for `registry` in a Docker CLI config, if it has any (helpers included), as
+/// the engine API wants them: an identity token goes as `identitytoken`.
+fn credentials_from_config(config: &DockerConfig, registry: &str) -> Option<DockerCredentials> {
+    let c = config.credentials_for(registry)?;
+    let secret = c.secret.expose_secret().to_owned();
+    let (username, password, identitytoken) = if c.username == IDENTITY_TOKEN_USER {
+        (None, None, Some(secret))
     } else {
-        host == registry
-    }
-}
-
-/// The credentials for `registry` in a Docker CLI config, if it has any.
-fn credentials_from_config(
-    config: &serde_json::Value,
-    registry: &str,
-) -> Option<DockerCredentials> {
-    let auths = config.get("auths")?.as_object()?;
-    let entry = auths
-        .iter()
-        .find(|(key, _)| registry_key_matches(key, registry))
-        .map(|(_, entry)| entry)?;
-    let field = |name: &str| {
-        entry
-            .get(name)
-            .and_then(|v| v.as_str())
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
+        (Some(c.username), Some(secret), None)
     };
-    let (mut username, mut password) = (field("username"), field("password"));
-    if let Some(auth) = field("auth") {
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(auth.trim())
-            .ok()?;
-        let text = String::from_utf8(decoded).ok()?;
-        let (user, pass) = text.split_once(':')?;
-        username = Some(user.to_owned());
-        password = Some(pass.trim_end_matches('\n').to_owned());
-    }
-    let identitytoken = field("identitytoken");
-    if username.is_none() && identitytoken.is_none() {
-        return None;
-    }
     Some(DockerCredentials {
         username,
         password,
@@ -1456,7 +1417,10 @@ mod tests {
 
     #[test]
     fn docker_config_credentials() {
-        let config = serde_json::json!({
+        // No helper in this directory: the credsStore fails and the auths entries serve.
+        let helpers = tempfile::tempdir().unwrap();
+        let config = DockerConfig::from_json(
+            r#"{
             "auths": {
                 "127.0.0.1:5056": {"auth": "c2tpcHBlcjpza2lwcGVyLXBhc3M="},
                 "http://ghcr.io/v2/": {"username": "u", "password": "p"},
@@ -1464,7 +1428,10 @@ mod tests {
                 "empty.example": {}
             },
             "credsStore": "desktop"
-        });
+        }"#,
+        )
+        .unwrap()
+        .with_helper_dir(helpers.path());
         let c = credentials_from_config(&config, "127.0.0.1:5056").unwrap();
         assert_eq!(c.username.as_deref(), Some("skipper"));
         assert_eq!(c.password.as_deref(), Some("skipper-pass"));
@@ -1482,7 +1449,40 @@ mod tests {
         );
         assert!(credentials_from_config(&config, "empty.example").is_none());
         assert!(credentials_from_config(&config, "127.0.0.1:5055").is_none());
-        assert!(credentials_from_config(&serde_json::json!({}), "x.io").is_none());
+        let empty = DockerConfig::from_json("{}").unwrap();
+        assert!(credentials_from_config(&empty, "x.io").is_none());
+    }
+
+    /// `watch` lists tags with the credentials a helper gives; `deploy` must pull with them too.
+    #[cfg(unix)]
+    #[test]
+    fn pull_credentials_come_from_a_cred_helper() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let helpers = tempfile::tempdir().unwrap();
+        let helper = helpers.path().join("docker-credential-fake");
+        std::fs::write(
+            &helper,
+            "#!/bin/sh\n[ \"$1\" = get ] || exit 2\nread server\nprintf '{\"Username\":\"ci@%s\",\"Secret\":\"helper-pass\"}' \"$server\"\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("config.json"),
+            r#"{"credHelpers": {"127.0.0.1:5056": "fake"},
+                "auths": {"127.0.0.1:5056": {"username": "stale", "password": "old"}}}"#,
+        )
+        .unwrap();
+        let config = DockerConfig::load(&dir.path().join("config.json"))
+            .unwrap()
+            .with_helper_dir(helpers.path());
+
+        let c = credentials_from_config(&config, "127.0.0.1:5056").unwrap();
+
+        assert_eq!(c.username.as_deref(), Some("ci@127.0.0.1:5056"));
+        assert_eq!(c.password.as_deref(), Some("helper-pass"));
+        assert_eq!(c.serveraddress.as_deref(), Some("127.0.0.1:5056"));
+        assert_eq!(c.identitytoken, None);
     }
 
     #[test]

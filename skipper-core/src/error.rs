@@ -143,6 +143,19 @@ pub enum Error {
         source: Option<BoxError>,
     },
 
+    /// A backend was told to slow down (HTTP 429), and kept the wait it was asked for.
+    ///
+    /// [`Error::retry_after`] returns the wait; the kind is [`ErrorKind::RateLimited`].
+    #[error("{backend}: {message}")]
+    RateLimited {
+        /// Which backend ("registry", "npm", ...).
+        backend: &'static str,
+        /// What was refused, in words.
+        message: String,
+        /// How long the remote side asked to wait (`Retry-After`), if it said.
+        retry_after: Option<Duration>,
+    },
+
     /// An operation did not complete in time.
     #[error("{what} timed out after {}", humantime::format_duration(*.after))]
     Timeout {
@@ -215,6 +228,7 @@ impl Error {
             Self::Rejected { .. } | Self::ShuttingDown => ErrorKind::Rejected,
             Self::LeaseLost { .. } | Self::Interrupted { .. } => ErrorKind::Interrupted,
             Self::Backend { kind, .. } => *kind,
+            Self::RateLimited { .. } => ErrorKind::RateLimited,
             Self::Timeout { .. } => ErrorKind::Timeout,
             Self::Unhealthy { .. } => ErrorKind::Unhealthy,
             Self::DeployFailed { source, .. } => source.kind(),
@@ -243,6 +257,29 @@ impl Error {
             kind,
             message: message.into(),
             source: Some(source.into()),
+        }
+    }
+
+    /// `RateLimited` from `backend`, keeping the wait the remote side asked for.
+    pub fn rate_limited(
+        backend: &'static str,
+        message: impl Into<String>,
+        retry_after: Option<Duration>,
+    ) -> Self {
+        Self::RateLimited {
+            backend,
+            message: message.into(),
+            retry_after,
+        }
+    }
+
+    /// How long the remote side asked to wait before the next call (`Retry-After`), when this is
+    /// a [`RateLimited`](Self::RateLimited) error (or a deploy that failed with one) and it said.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::RateLimited { retry_after, .. } => *retry_after,
+            Self::DeployFailed { source, .. } => source.retry_after(),
+            _ => None,
         }
     }
 
@@ -292,6 +329,24 @@ mod tests {
         };
         assert_eq!(e.kind(), ErrorKind::Unauthorized);
         assert_eq!(e.chain(), "deploy failed at step pull: docker: denied");
+    }
+
+    #[test]
+    fn rate_limited_keeps_the_wait_it_was_asked_for() {
+        let e = Error::rate_limited("registry", "GET u: 429", Some(Duration::from_secs(90)));
+        assert_eq!(e.kind(), ErrorKind::RateLimited);
+        assert!(e.kind().is_retryable());
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(90)));
+        assert_eq!(e.to_string(), "registry: GET u: 429");
+        let failed = Error::DeployFailed {
+            step: Step::Pull,
+            source: Box::new(e),
+        };
+        assert_eq!(failed.retry_after(), Some(Duration::from_secs(90)));
+        assert_eq!(
+            Error::backend("registry", ErrorKind::RateLimited, "429").retry_after(),
+            None
+        );
     }
 
     #[test]

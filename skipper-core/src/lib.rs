@@ -38,6 +38,7 @@ pub mod backend;
 pub mod config;
 #[cfg(feature = "docker")]
 pub mod docker;
+pub mod docker_config;
 pub mod engine;
 pub mod error;
 pub mod model;

@@ -341,28 +341,91 @@ impl Project {
                     reason: format!("stage {key:?} must allow at least one instance"),
                 });
             }
-            if let Some(from) = &stage.promote_from {
-                if from == key {
-                    return Err(Error::InvalidName {
-                        what: "promote_from",
-                        value: from.clone(),
-                        reason: format!("stage {key:?} cannot promote from itself"),
-                    });
-                }
-                if !self.stages.contains_key(from) {
-                    return Err(Error::InvalidName {
-                        what: "promote_from",
-                        value: from.clone(),
-                        reason: format!("stage {key:?} promotes from a stage that does not exist"),
-                    });
-                }
-            }
             if let Some(sub) = &stage.subdomain {
                 crate::subdomain::validate_label(sub)?;
             }
         }
+        if let Some(e) = self.promotion_error() {
+            return Err(Error::InvalidName {
+                what: "promote_from",
+                value: e.from,
+                reason: e.reason,
+            });
+        }
         Ok(())
     }
+
+    /// What is wrong with the stages' `promote_from`, if anything: a stage promoting from itself
+    /// or from a stage the project does not have, or a cycle (`a → b → a`), which would let no
+    /// tag in. The one check of these, used by [`validate`](Self::validate) and by the config
+    /// file's loader (which adds the field and line). Stages are checked by name; a cycle is
+    /// reported at its first stage by name.
+    pub fn promotion_error(&self) -> Option<PromotionError> {
+        let names = || self.stages.keys().cloned().collect::<Vec<_>>().join(", ");
+        for (key, stage) in &self.stages {
+            let Some(from) = &stage.promote_from else {
+                continue;
+            };
+            let reason = if from == key {
+                format!("stage {key:?} cannot promote from itself")
+            } else if !self.stages.contains_key(from) {
+                format!(
+                    "{from:?} is not another stage of {} (stages: {})",
+                    self.name,
+                    names()
+                )
+            } else {
+                continue;
+            };
+            return Some(PromotionError {
+                stage: key.clone(),
+                from: from.clone(),
+                reason,
+            });
+        }
+        // Each stage promotes from at most one other: follow the chain from every stage; a
+        // chain that comes back to a stage on it is a cycle.
+        for start in self.stages.keys() {
+            let mut path: Vec<&str> = vec![start];
+            let mut at = start.as_str();
+            while let Some(next) = self.stages.get(at).and_then(|s| s.promote_from.as_deref()) {
+                if let Some(i) = path.iter().position(|p| *p == next) {
+                    // Only report it from its first stage by name, so the answer is stable.
+                    let cycle = &path[i..];
+                    let first = cycle.iter().min().copied().unwrap_or(next);
+                    if first != start.as_str() {
+                        break;
+                    }
+                    let mut shown: Vec<&str> = cycle.to_vec();
+                    shown.push(first);
+                    let from = self.stages[first].promote_from.clone().unwrap_or_default();
+                    return Some(PromotionError {
+                        stage: first.to_owned(),
+                        from,
+                        reason: format!(
+                            "promote_from makes a cycle, {} (stage {first:?} would wait for itself); \
+                             one stage of a chain must take its tags from the registry",
+                            shown.join(" → ")
+                        ),
+                    });
+                }
+                path.push(next);
+                at = next;
+            }
+        }
+        None
+    }
+}
+
+/// A stage's `promote_from` that cannot work ([`Project::promotion_error`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PromotionError {
+    /// The stage whose `promote_from` is wrong (for a cycle, its first stage by name).
+    pub stage: String,
+    /// The value of that `promote_from`.
+    pub from: String,
+    /// What is wrong, naming the stages (and the cycle, for a cycle).
+    pub reason: String,
 }
 
 /// The lifecycle state of an instance.
@@ -737,4 +800,63 @@ pub struct SeenTag {
     pub first_seen: Timestamp,
     /// When its digest last changed.
     pub updated_at: Timestamp,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `p` with stages `name → promote_from`.
+    fn project(stages: &[(&str, Option<&str>)]) -> Project {
+        let mut p = Project::new("p", "registry.test/team/p").unwrap();
+        for (name, from) in stages {
+            let mut s = Stage::new(*name);
+            s.promote_from = from.map(str::to_owned);
+            p = p.with_stage(s);
+        }
+        p
+    }
+
+    fn reason(p: &Project) -> String {
+        match p.validate().unwrap_err() {
+            Error::InvalidName { what, reason, .. } => {
+                assert_eq!(what, "promote_from");
+                reason
+            }
+            other => panic!("not a promote_from error: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn promote_from_chains_are_valid() {
+        project(&[("dev", None), ("rel", Some("dev")), ("prod", Some("rel"))])
+            .validate()
+            .unwrap();
+    }
+
+    #[test]
+    fn promote_from_cycles_are_refused_naming_the_cycle() {
+        let two = project(&[("a", Some("b")), ("b", Some("a"))]);
+        let r = reason(&two);
+        assert!(r.contains("a → b → a"), "{r}");
+
+        let three = project(&[
+            ("c", Some("a")),
+            ("a", Some("b")),
+            ("b", Some("c")),
+            ("d", None),
+        ]);
+        let r = reason(&three);
+        assert!(r.contains("a → b → c → a"), "{r}");
+        let e = three.promotion_error().unwrap();
+        assert_eq!(e.stage, "a");
+    }
+
+    #[test]
+    fn promote_from_itself_or_a_missing_stage_is_refused() {
+        let r = reason(&project(&[("a", Some("a"))]));
+        assert!(r.contains("itself"), "{r}");
+        let r = reason(&project(&[("a", None), ("b", Some("qa"))]));
+        assert!(r.contains("\"qa\"") && r.contains("stages: a, b"), "{r}");
+    }
 }

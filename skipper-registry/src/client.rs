@@ -31,7 +31,7 @@ pub const MANIFEST_ACCEPT: [&str; 4] = [
 /// The user name credential helpers and `docker login` use for an OAuth2 identity (refresh)
 /// token: credentials with this user name are exchanged at the token endpoint with
 /// `grant_type=refresh_token` instead of being sent as Basic auth.
-pub const IDENTITY_TOKEN_USER: &str = "<token>";
+pub use skipper_core::docker_config::IDENTITY_TOKEN_USER;
 
 const USER_AGENT: &str = concat!("skipper-registry/", env!("CARGO_PKG_VERSION"));
 const MAX_ERROR_BODY: usize = 64 * 1024;

@@ -173,12 +173,12 @@ impl RegistryError {
     }
 }
 
-/// Classifies the error (see [`RegistryError`]) as a `Backend` error of backend `"registry"`.
+/// Classifies the error (see [`RegistryError`]) as a `Backend` error of backend `"registry"`,
+/// or, for [`RateLimited`](RegistryError::RateLimited), as [`skipper_core::Error::RateLimited`],
+/// which keeps the registry's `Retry-After` ([`skipper_core::Error::retry_after`]).
 ///
 /// The message is this error's text; the source is the HTTP library's error, when there is one,
-/// so the [`skipper_core::Error::chain`] does not repeat itself. Callers that need the typed
-/// details (the `Retry-After` wait) use [`RegistryClient`](crate::RegistryClient)'s inherent
-/// methods, which return [`RegistryError`].
+/// so the [`skipper_core::Error::chain`] does not repeat itself.
 impl From<RegistryError> for skipper_core::Error {
     fn from(e: RegistryError) -> Self {
         let kind = e.kind();
@@ -186,6 +186,9 @@ impl From<RegistryError> for skipper_core::Error {
         match e {
             RegistryError::Transport { source, .. } => {
                 skipper_core::Error::backend_with("registry", kind, message, source)
+            }
+            RegistryError::RateLimited { retry_after, .. } => {
+                skipper_core::Error::rate_limited("registry", message, retry_after)
             }
             _ => skipper_core::Error::backend("registry", kind, message),
         }
@@ -224,6 +227,13 @@ mod tests {
         let core: skipper_core::Error = rl.into();
         assert_eq!(core.kind(), ErrorKind::RateLimited);
         assert!(core.kind().is_retryable());
+        // Through the `Registry` trait the wait survives.
+        assert_eq!(core.retry_after(), Some(Duration::from_secs(120)));
+        assert!(
+            core.to_string()
+                .starts_with("registry: GET u: rate limited"),
+            "{core}"
+        );
     }
 
     #[test]

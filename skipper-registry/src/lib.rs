@@ -10,13 +10,19 @@
 //!   Gitea/Forgejo and any distribution registry ([`RegistryKind`]). Plain http only for
 //!   loopback registries; TLS is always verified.
 //! - [`docker_config_credentials`] finds credentials the way `docker pull` does
-//!   (`~/.docker/config.json`, credential helpers).
+//!   (`~/.docker/config.json`, credential helpers). It is `skipper_core::docker_config`'s,
+//!   re-exported: the Docker runtime's pull uses the same parser, so what the watcher can list,
+//!   a deploy can pull.
 //! - [`select`] orders tags newest first (semver-aware) and diffs them against what was seen.
 //! - [`webhook`] turns push notifications (generic, distribution, Docker Hub, GitHub, Gitea)
 //!   into [`PushEvent`]s, verifying signatures in constant time.
-//! - [`watch`] detects new images: a [`Watcher`] polls every project's repository (or takes a
-//!   [`PushEvent`]), remembers the tags it saw in the store, and deploys new tags to
-//!   `auto_deploy` stages through the engine or announces them to the others.
+//! - [`Registries`] picks the client for each registry name and is itself a
+//!   [`skipper_core::Registry`]: give it to the engine with
+//!   [`EngineBuilder::registry`](skipper_core::EngineBuilder::registry).
+//! - [`watch`] detects new images: a [`Watcher`], a controller of the engine, polls every
+//!   project's repository through the engine's registry (or takes a [`PushEvent`]), remembers
+//!   the tags it saw in the store, and deploys new tags to `auto_deploy` stages through the
+//!   engine or announces them to the others.
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -50,7 +56,6 @@
 
 mod auth;
 mod client;
-mod docker_config;
 mod error;
 mod ratelimit;
 pub mod select;
@@ -60,11 +65,11 @@ pub mod webhook;
 pub use client::{
     IDENTITY_TOKEN_USER, MANIFEST_ACCEPT, RegistryClient, RegistryConfig, RegistryKind,
 };
-pub use docker_config::{
-    DOCKER_HUB_AUTH_KEY, DockerConfig, docker_config_credentials, docker_config_path,
-};
 pub use error::{BoxError, RegistryError, Result};
 pub use ratelimit::RateLimitPolicy;
 pub use select::{ChangedTag, ObservedTag, TagDiff, diff_tags, newest_tag, select_tags};
+pub use skipper_core::docker_config::{
+    DOCKER_HUB_AUTH_KEY, DockerConfig, docker_config_credentials, docker_config_path,
+};
 pub use watch::{Registries, WatchReport, WatchSettings, Watcher};
 pub use webhook::{PushEvent, WebhookError, WebhookSource};

@@ -1,5 +1,11 @@
 //! Credentials from Docker's client config (`~/.docker/config.json`), found as `docker pull`
 //! finds them.
+//!
+//! The one parser of that file: the Docker runtime's pull (feature `docker`) and the registry
+//! clients of `skipper-registry` (which list tags and resolve digests) both use it, so a tag the
+//! watcher can see is a tag a deploy can pull. It needs no feature: `auths` entries (`auth`,
+//! `username`/`password`, `identitytoken`), `credHelpers` and `credsStore` (running
+//! `docker-credential-<helper> get`).
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -9,13 +15,24 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use secrecy::SecretString;
-use skipper_core::Credentials;
 
-use crate::client::IDENTITY_TOKEN_USER;
-use crate::error::{RegistryError, Result};
+use crate::backend::Credentials;
+use crate::error::{Error, ErrorKind, Result};
 
 /// The `auths` key (and credential-helper server URL) Docker uses for Docker Hub.
 pub const DOCKER_HUB_AUTH_KEY: &str = "https://index.docker.io/v1/";
+
+/// The user name credential helpers and `docker login` use for an OAuth2 identity (refresh)
+/// token: [`Credentials`] with this user name carry an identity token, not a password (a
+/// registry client exchanges it at the token endpoint; a Docker pull sends it as
+/// `identitytoken`).
+pub const IDENTITY_TOKEN_USER: &str = "<token>";
+
+const BACKEND: &str = "docker-config";
+
+fn invalid(message: String) -> Error {
+    Error::backend(BACKEND, ErrorKind::Invalid, message)
+}
 
 const HELPER_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -32,17 +49,7 @@ const HELPER_TIMEOUT: Duration = Duration::from_secs(10);
 /// secrets). Blocking: it may read a file and run a helper process for up to 10 seconds, so
 /// call it from `tokio::task::spawn_blocking` inside async code.
 pub fn docker_config_credentials(registry_host: &str) -> Option<Credentials> {
-    let path = docker_config_path()?;
-    if !path.exists() {
-        return None;
-    }
-    match DockerConfig::load(&path) {
-        Ok(config) => config.credentials_for(registry_host),
-        Err(e) => {
-            tracing::warn!(error = %e, "ignoring the Docker client config");
-            None
-        }
-    }
+    DockerConfig::load_if_present(&docker_config_path()?)?.credentials_for(registry_host)
 }
 
 /// Where the Docker client config is: `$DOCKER_CONFIG/config.json`, else
@@ -97,24 +104,37 @@ struct HelperOutput {
 }
 
 impl DockerConfig {
-    /// Read and parse a config file.
+    /// Read and parse a config file. An unreadable or malformed file is an `Invalid` error.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| RegistryError::Config {
-            reason: format!("cannot read {}: {e}", path.display()),
-        })?;
-        Self::from_json(&text).map_err(|e| match e {
-            RegistryError::Config { reason } => RegistryError::Config {
-                reason: format!("{}: {reason}", path.display()),
-            },
-            other => other,
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| invalid(format!("cannot read {}: {e}", path.display())))?;
+        serde_json::from_str(&text).map_err(|e| {
+            invalid(format!(
+                "{}: not a Docker client config: {e}",
+                path.display()
+            ))
         })
+    }
+
+    /// [`load`](Self::load), or `None` when there is no file at `path`, or when it cannot be
+    /// used (which is logged): credentials are then looked for nowhere else, as `docker pull`
+    /// does.
+    pub fn load_if_present(path: &Path) -> Option<Self> {
+        if !path.exists() {
+            return None;
+        }
+        match Self::load(path) {
+            Ok(config) => Some(config),
+            Err(e) => {
+                tracing::warn!(error = %e, "ignoring the Docker client config");
+                None
+            }
+        }
     }
 
     /// Parse a config's JSON text.
     pub fn from_json(json: &str) -> Result<Self> {
-        serde_json::from_str(json).map_err(|e| RegistryError::Config {
-            reason: format!("not a Docker client config: {e}"),
-        })
+        serde_json::from_str(json).map_err(|e| invalid(format!("not a Docker client config: {e}")))
     }
 
     /// Look for `docker-credential-*` helpers in `dir` instead of on `PATH`.
