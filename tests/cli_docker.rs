@@ -692,3 +692,309 @@ fn private_registry_credentials_come_from_the_config() {
     let text = d.to_string();
     assert!(!text.contains(password.as_str()), "a secret leaked: {text}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// The output contract (issue 9, items 13 and 14): exit codes 0/1/2, one JSON document on stdout
+// under --json whatever fails, no panic on a closed pipe, tables that fit 80 columns.
+
+/// `skipper <args>` with no Docker engine to reach (an address nothing answers) and a fresh data
+/// directory: for what must hold before any engine is involved.
+fn offline(args: &[&str], data: &std::path::Path) -> std::process::Command {
+    let mut c = std::process::Command::new(common::bin::skipper_bin());
+    c.args(args)
+        .env("SKIPPER_DATA_DIR", data)
+        .env(
+            "DOCKER_HOST",
+            "unix:///nonexistent/skipper-test-docker.sock",
+        )
+        .env_remove("SKIPPER_CONFIG")
+        .env_remove("SKIPPER_NPM_URL")
+        .env_remove("RUST_LOG")
+        .env("RUST_BACKTRACE", "1")
+        .stdin(Stdio::null());
+    c
+}
+
+/// Run `c` with its stdout closed before it writes (the reader went away, as `| head -c 10`
+/// does): its exit code and stderr.
+fn with_closed_stdout(mut c: std::process::Command) -> (Option<i32>, String) {
+    let mut child = c
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start skipper");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait for skipper");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn assert_no_panic(what: &str, (code, stderr): &(Option<i32>, String), want: i32) {
+    assert!(
+        !stderr.contains("panicked") && *code != Some(101),
+        "{what} panicked on a closed stdout: exit {code:?}\n{stderr}"
+    );
+    assert_eq!(*code, Some(want), "{what}: {stderr}");
+}
+
+/// The keys of the error object every failure document carries.
+fn error_keys(doc: &Value) -> Vec<String> {
+    let mut keys: Vec<String> = doc["error"]
+        .as_object()
+        .unwrap_or_else(|| panic!("no error object in {doc:#}"))
+        .keys()
+        .cloned()
+        .collect();
+    keys.sort();
+    keys
+}
+
+#[test]
+fn usage_errors_under_json_exit_2_with_one_error_document() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for args in [
+        &["deploy", "app:v1", "--port", "70000"][..],
+        &["deploy", "app:v1", "--pull", "bogus"],
+        &["ps", "--bogus"],
+        &["deploy"],
+        &["deploy", "app:v1", "--env", "A B=1"],
+        &["deploy", "app:v1", "--env", "A\nB=1"],
+    ] {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let out = offline(&all, dir.path()).output().expect("run skipper");
+        let run = Run::from_output(&all, out);
+        assert_eq!(run.code, Some(2), "{args:?}: {:#} {}", run.json, run.stderr);
+        assert_eq!(run.json["status"], "failed", "{:#}", run.json);
+        assert_eq!(run.json["error"]["kind"], "invalid", "{:#}", run.json);
+        assert_eq!(error_keys(&run.json), ["kind", "logs", "message", "step"]);
+        let message = run.json["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            !message.is_empty() && !message.contains('\n'),
+            "{message:?}"
+        );
+    }
+    // Without --json: clap's text on stderr, nothing on stdout, still 2.
+    let out = offline(&["ps", "--bogus"], dir.path())
+        .output()
+        .expect("run skipper");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+    // --help and --version are not errors.
+    let out = offline(&["--version", "--json"], dir.path())
+        .output()
+        .expect("run skipper");
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("skipper "));
+}
+
+#[test]
+fn a_failing_command_under_json_prints_the_error_envelope() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = offline(&["ps", "--json"], dir.path())
+        .output()
+        .expect("run skipper");
+    let run = Run::from_output(&["ps", "--json"], out);
+    assert_eq!(run.code, Some(1), "no engine to reach: {:#}", run.json);
+    assert_eq!(run.json["status"], "failed");
+    assert_eq!(error_keys(&run.json), ["kind", "logs", "message", "step"]);
+}
+
+#[test]
+fn a_closed_stdout_ends_quietly_without_a_panic() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let usage = with_closed_stdout(offline(&["ps", "--bogus", "--json"], dir.path()));
+    assert_no_panic("a usage error", &usage, 2);
+    let failed = with_closed_stdout(offline(&["ps", "--json"], dir.path()));
+    assert_no_panic("a failed ps", &failed, 1);
+    let help = with_closed_stdout(offline(&["--help"], dir.path()));
+    assert_no_panic("--help", &help, 0);
+}
+
+#[test]
+fn an_empty_skipper_data_dir_means_unset() {
+    let home = tempfile::tempdir().expect("temp dir");
+    let out = offline(&["ps", "--json"], std::path::Path::new(""))
+        .env("HOME", home.path())
+        .env_remove("XDG_DATA_HOME")
+        .output()
+        .expect("run skipper");
+    let run = Run::from_output(&["ps", "--json"], out);
+    assert_ne!(run.code, Some(2), "not a usage error: {:#}", run.json);
+    assert!(
+        home.path()
+            .join(".local/share/skipper/skipper.db")
+            .is_file(),
+        "the default data directory is used: {:#}",
+        run.json
+    );
+}
+
+#[test]
+#[ignore = "needs docker engine"]
+fn ps_and_history_fit_80_columns_and_survive_a_closed_pipe() {
+    let h = harness_or_skip!("columns");
+    let image = h.image("v1");
+    let d = h
+        .skipper(&[
+            "deploy",
+            &image,
+            "--project",
+            "launcher-api",
+            "--stage",
+            "staging",
+            "--health-path",
+            "/health",
+        ])
+        .succeeded();
+    assert!(d["instance"]["domain"].as_str().unwrap_or_default().len() > 20);
+    for (args, header) in [(&["ps"][..], "ID "), (&["history"], "ID ")] {
+        let out = h
+            .world
+            .text_command(args)
+            .env_remove("COLUMNS")
+            .output()
+            .expect("run skipper");
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.starts_with(header), "{args:?} has a header:\n{text}");
+        for line in text.lines() {
+            assert!(line.chars().count() <= 80, "{args:?}: {line:?}");
+        }
+        let narrow = h
+            .world
+            .text_command(args)
+            .env("COLUMNS", "60")
+            .output()
+            .expect("run skipper");
+        for line in String::from_utf8_lossy(&narrow.stdout).lines() {
+            assert!(line.chars().count() <= 60, "{args:?}: {line:?}");
+        }
+        let closed = with_closed_stdout(h.world.text_command(args));
+        assert_no_panic(&format!("{args:?}"), &closed, 0);
+        let closed = with_closed_stdout(h.world.command(args));
+        assert_no_panic(&format!("{args:?} --json"), &closed, 0);
+    }
+}
+
+#[test]
+#[ignore = "needs docker engine"]
+fn refusals_have_the_envelope_and_the_images_tag() {
+    let h = harness_or_skip!("refusal");
+    h.world.write_config(&format!(
+        "projects:\n  app:\n    image: {}/{}\n    port: 8080\n    stages:\n      \
+         prod: {{ tag_pattern: \"v*\", confirm: true }}\n",
+        h.env.registry, h.env.repository
+    ));
+    let image = h.image("v1");
+    let refused = h.skipper(&["deploy", &image, "--stage", "prod"]);
+    assert_eq!(refused.code, Some(1), "{:#}", refused.json);
+    let refused = refused.failed();
+    assert_eq!(refused["tag"], "v1", "{refused:#}");
+    assert_eq!(refused["error"]["kind"], "rejected", "{refused:#}");
+
+    let invalid = h.skipper(&["deploy", "Not/Valid:x"]);
+    assert_eq!(invalid.code, Some(1), "{:#}", invalid.json);
+    let invalid = invalid.failed();
+    assert_eq!(invalid["error"]["kind"], "invalid", "{invalid:#}");
+    let keys = |v: &Value| {
+        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    };
+    assert_eq!(
+        keys(&invalid),
+        keys(&refused),
+        "one shape for every refusal"
+    );
+    assert_eq!(error_keys(&invalid), error_keys(&refused));
+}
+
+#[test]
+#[ignore = "needs docker engine"]
+fn rm_with_a_short_prefix_asks_for_four_characters() {
+    let h = harness_or_skip!("shortid");
+    let v1 = deploy_v1(&h);
+    let id = instance_id(&v1);
+    let run = h.skipper(&["rm", &id[..3]]);
+    assert_eq!(run.code, Some(1), "{:#}", run.json);
+    assert_eq!(run.json["error"]["kind"], "invalid", "{:#}", run.json);
+    let message = run.json["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("at least 4 characters"), "{message}");
+    assert_eq!(summary(&h.ps()), vec![running("v1", true)]);
+}
+
+#[test]
+#[ignore = "needs docker engine"]
+fn a_local_image_id_deploys_that_image() {
+    let h = harness_or_skip!("imageid");
+    deploy_v1(&h);
+    let v2 = h.image("v2");
+    docker(&["pull", "-q", &v2]);
+    let id = docker(&["image", "inspect", "-f", "{{.Id}}", &v2]);
+    let id = id.trim();
+    assert!(id.starts_with("sha256:"), "{id}");
+    let d = h
+        .skipper(&["deploy", id, "--project", "app", "--health-path", "/health"])
+        .succeeded();
+    assert_eq!(d["tag"], "v2", "{d:#}");
+    assert_eq!(body(&address(&d)), "v2");
+}
+
+#[test]
+#[ignore = "needs docker engine"]
+fn a_read_only_data_dir_lets_ps_and_history_work() {
+    let h = harness_or_skip!("readonly");
+    let v1 = deploy_v1(&h);
+    // A read-only bind mount of the data directory, in a mount namespace of its own (root
+    // would write through a chmod).
+    let data = h.world.data_dir();
+    let read_only = |args: &[&str]| {
+        let inner = h.world.command(args);
+        let mut c = std::process::Command::new("unshare");
+        c.args(["--user", "--map-root-user", "--mount", "sh", "-c"])
+            .arg("mount --bind \"$0\" \"$0\" && mount -o remount,bind,ro \"$0\" && shift && exec \"$@\"")
+            .arg(&data)
+            .arg("skipper")
+            .arg(inner.get_program())
+            .args(inner.get_args())
+            .stdin(Stdio::null());
+        for (k, v) in inner.get_envs() {
+            match v {
+                Some(v) => c.env(k, v),
+                None => c.env_remove(k),
+            };
+        }
+        c.output().expect("run unshare")
+    };
+    let probe = read_only(&["--version"]);
+    if probe.status.code() != Some(0) {
+        common::skip(
+            "a_read_only_data_dir_lets_ps_and_history_work",
+            &format!(
+                "cannot mount the data directory read-only: {}",
+                String::from_utf8_lossy(&probe.stderr)
+            ),
+        );
+        return;
+    }
+    let ps = Run::from_output(&["ps"], read_only(&["ps"]));
+    assert_eq!(ps.code, Some(0), "{:#} {}", ps.json, ps.stderr);
+    assert_eq!(ps.json[0]["id"], instance_id(&v1).as_str(), "{:#}", ps.json);
+    let history = Run::from_output(&["history"], read_only(&["history"]));
+    assert_eq!(
+        history.code,
+        Some(0),
+        "{:#} {}",
+        history.json,
+        history.stderr
+    );
+    assert_eq!(history.json[0]["tag"], "v1");
+    let rm = Run::from_output(&["rm"], read_only(&["rm", &instance_id(&v1)]));
+    assert_eq!(rm.code, Some(1), "{:#}", rm.json);
+    let message = rm.json["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("read-only"), "{message}");
+    assert_only_v1(&h, &v1);
+}

@@ -744,17 +744,37 @@ async fn npm_hanging_on_update_past_the_route_timeout_fails_at_switch_and_switch
     assert_eq!(d.error.unwrap().kind, ErrorKind::Timeout);
 }
 
+/// Retiring comes after the commit point: NPM refusing to delete the old version's host does
+/// not take the new version down. The deploy succeeds with the failure in its step log, the old
+/// container is left stopped-or-running for reconcile, and one reconcile removes the host and
+/// the container.
 #[tokio::test]
-async fn npm_500_on_deleting_the_old_host_fails_at_retire_and_switches_back() {
-    let (h, _) = npm_failure_leaves_routing_as_it_was(Setup::default(), Step::Retire, |npm| {
-        npm.fail_next(FakeOp::DeleteHost, 3, Fault::Status(500));
-    })
-    .await;
+async fn npm_500_on_deleting_the_old_host_rolls_forward_and_reconcile_finishes() {
+    let h = harness(Setup::default()).await;
+    h.deploy("v1").await;
+    h.npm.fail_next(FakeOp::DeleteHost, 3, Fault::Status(500));
+    let d = h.try_deploy("v2").await;
+    assert_eq!(d.status, DeployStatus::Succeeded, "{:#?}", step_log(&d));
+    assert!(
+        d.steps
+            .iter()
+            .any(|s| s.step == Step::Retire && s.status == StepStatus::Failed),
+        "{:#?}",
+        step_log(&d)
+    );
+    let v2 = h.instance("v2").await;
+    h.assert_forwards_to(STAGE_DOMAIN, &v2);
     assert_eq!(
         h.rt.calls(skipper_core::testing::Op::Stop),
         0,
-        "v1 was never stopped"
+        "v1 is not stopped while its host could not be removed"
     );
+    h.engine.reconcile().await.unwrap();
+    assert!(h.npm.host_for(&instance_domain("v1")).is_none());
+    let insts = h.instances().await;
+    assert_eq!(insts.len(), 1, "{insts:#?}");
+    assert_eq!(h.rt.containers().len(), 1);
+    h.assert_forwards_to(STAGE_DOMAIN, &v2);
 }
 
 #[tokio::test]

@@ -14,12 +14,12 @@ use skipper_core::notify::WebhookNotifier;
 use skipper_core::store::{SecretKey, SqliteStore};
 use skipper_core::{
     Credentials, DeployRequest, DeployStatus, Deployment, Engine, EngineSettings, ImageRef,
-    Instance, Project, PullPolicy, PullProgress, Stage, UpstreamTarget,
+    Instance, Project, PullPolicy, PullProgress, ReconcileReport, Stage, UpstreamTarget,
 };
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::{Cli, Command, DeployArgs, Pull};
-use crate::output;
+use crate::output::{self, Refused, errln, outln};
 
 /// Logs go to stderr; stdout is for results.
 pub(crate) fn init_tracing(verbose: u8) {
@@ -67,6 +67,49 @@ pub(crate) struct App {
     pub(crate) config: Config,
     /// The NPM client when routing through Nginx Proxy Manager, to check it before a deploy.
     pub(crate) npm: Option<Arc<skipper_npm::NpmClient>>,
+    /// The store is open read-only (the data directory is not writable): nothing may write,
+    /// not even reconcile.
+    pub(crate) read_only: bool,
+}
+
+/// Whether `dir` exists and this process cannot write it or its database: a read-only mount,
+/// another user's files. (A probe file, created and removed: the only honest test of a mount.)
+fn data_dir_read_only(dir: &Path) -> bool {
+    use std::io::ErrorKind::{PermissionDenied, ReadOnlyFilesystem};
+    if !dir.is_dir() {
+        return false;
+    }
+    let refused = |r: std::io::Result<std::fs::File>| {
+        r.err()
+            .is_some_and(|e| matches!(e.kind(), PermissionDenied | ReadOnlyFilesystem))
+    };
+    let probe = dir.join(format!(".skipper-write-probe-{}", std::process::id()));
+    let opened = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe);
+    if opened.is_ok() {
+        let _ = std::fs::remove_file(&probe);
+    }
+    let db = dir.join("skipper.db");
+    refused(opened) || (db.exists() && refused(std::fs::OpenOptions::new().write(true).open(&db)))
+}
+
+/// Open the store, read-only when the data directory is (only `ps` and `history` may run on
+/// one; any other command is refused, saying so).
+fn open_store(dir: &Path, key: Option<SecretKey>, reads_only: bool) -> Result<(SqliteStore, bool)> {
+    if !data_dir_read_only(dir) {
+        return Ok((SqliteStore::open(dir, key)?, false));
+    }
+    if !reads_only {
+        return Err(skipper_core::Error::rejected(format!(
+            "the data directory {} is read-only: only `skipper ps` and `skipper history` work on it \
+             (set SKIPPER_DATA_DIR or --data-dir to a writable one)",
+            dir.display()
+        ))
+        .into());
+    }
+    Ok((SqliteStore::open_read_only(dir, key)?, true))
 }
 
 /// Build the engine: Docker, SQLite in the data directory, NPM and the webhook notifier when
@@ -75,9 +118,10 @@ pub(crate) async fn build(cli: &Cli) -> Result<App> {
     let config = load_config(cli.global.config.as_deref())?;
     let data_dir = cli.global.data_dir.clone().unwrap_or_else(default_data_dir);
     let key = SecretKey::from_env()?;
-    let store = {
+    let (store, read_only) = {
         let dir = data_dir.clone();
-        tokio::task::spawn_blocking(move || SqliteStore::open(&dir, key))
+        let reads_only = matches!(cli.command, Command::Ps(_) | Command::History(_));
+        tokio::task::spawn_blocking(move || open_store(&dir, key, reads_only))
             .await
             .context("opening the store")??
     };
@@ -136,13 +180,14 @@ pub(crate) async fn build(cli: &Cli) -> Result<App> {
     builder = builder.registry(Arc::new(registries(&config)?));
     let engine = builder.build();
     // The config file is the source of truth for the projects it names.
-    for p in config.projects.values() {
+    for p in config.projects.values().filter(|_| !read_only) {
         engine.put_project(p).await?;
     }
     Ok(App {
         engine,
         config,
         npm,
+        read_only,
     })
 }
 
@@ -190,10 +235,10 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
     let json = cli.global.json;
     let engine = &app.engine;
     // Read commands change nothing; every other command starts by repairing what an
-    // interrupted one may have left.
-    let read_only = matches!(cli.command, Command::Ps(_) | Command::History(_));
+    // interrupted one may have left (a read-only store cannot be repaired at all).
+    let read_only = app.read_only || matches!(cli.command, Command::Ps(_) | Command::History(_));
     let report = if read_only {
-        skipper_core::ReconcileReport::default()
+        ReconcileReport::default()
     } else {
         engine.reconcile().await?
     };
@@ -213,7 +258,7 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
                 .await?;
             if json {
                 let v: Vec<_> = list.iter().map(output::instance_json).collect();
-                println!("{}", serde_json::Value::Array(v));
+                outln!("{}", serde_json::Value::Array(v));
             } else {
                 output::print_instances(&list);
             }
@@ -229,11 +274,14 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
             if json {
                 let mut v = output::instance_json(&inst);
                 v["action"] = verb.into();
-                println!("{v}");
+                outln!("{v}");
             } else {
-                println!(
+                outln!(
                     "{verb} {} ({}/{} {})",
-                    inst.id, inst.project, inst.stage, inst.tag
+                    inst.id,
+                    inst.project,
+                    inst.stage,
+                    inst.tag
                 );
             }
             Ok(ExitCode::SUCCESS)
@@ -247,7 +295,14 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
             {
                 Ok(d) => Ok(report_deployment(engine, &d, json, started.elapsed()).await?),
                 Err(e) if json => {
-                    println!("{}", output::refusal_json(&a.project, &a.stage, "", &e));
+                    let refused = Refused {
+                        project: Some(&a.project),
+                        stage: &a.stage,
+                        image: None,
+                        input: None,
+                        trigger: "rollback",
+                    };
+                    outln!("{}", output::refusal_json(&refused, e.kind(), &e.chain()));
                     Ok(ExitCode::from(1))
                 }
                 Err(e) => Err(e.into()),
@@ -266,7 +321,7 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
                     .iter()
                     .map(|d| output::deployment_json(d, None, None))
                     .collect();
-                println!("{}", serde_json::Value::Array(v));
+                outln!("{}", serde_json::Value::Array(v));
             } else {
                 output::print_history(&list);
             }
@@ -276,7 +331,7 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Watch(args) => crate::watch::run(&app, args, json).await,
         Command::Reconcile => {
             if json {
-                println!("{}", serde_json::to_value(&report)?);
+                outln!("{}", serde_json::to_value(&report)?);
             } else {
                 output::print_reconcile(&report, true);
             }
@@ -330,14 +385,8 @@ async fn resolve_project(
     {
         s.max_instances = n;
     }
-    for kv in &args.env {
-        let Some((k, v)) = kv.split_once('=') else {
-            bail!("--env {kv:?} must look like KEY=value");
-        };
-        if k.is_empty() {
-            bail!("--env {kv:?} has an empty name");
-        }
-        p.env.insert(k.to_owned(), v.to_owned());
+    for (k, v) in &args.env {
+        p.env.insert(k.clone(), v.clone());
     }
     app.engine.put_project(&p).await?;
     Ok(p)
@@ -352,8 +401,54 @@ fn project_from_image(image: &ImageRef) -> String {
     if name.is_empty() { "app".into() } else { name }
 }
 
+/// The image to deploy: the reference given, or for a local image id (`sha256:…`) the image's
+/// tag (in the project's repository, when `--project` names a known one).
+async fn resolve_image(app: &App, args: &DeployArgs) -> Result<ImageRef> {
+    let Some(id) = skipper_core::reference::local_image_id(&args.image) else {
+        return Ok(ImageRef::parse(&args.image)?);
+    };
+    let repository = match &args.project {
+        Some(name) => match app.config.projects.get(name) {
+            Some(p) => Some(p.image.clone()),
+            None => app.engine.store().get_project(name).await?.map(|p| p.image),
+        },
+        None => None,
+    };
+    let repository = repository.map(|r| ImageRef::parse(&r)).transpose()?;
+    // The engine holds its runtime as `dyn Runtime`; looking an image up by id is Docker's own.
+    let docker = DockerRuntime::connect().await?;
+    Ok(docker
+        .local_image(id)
+        .await?
+        .reference(repository.as_ref())?)
+}
+
+/// A deploy refused before it started: the refusal document under `--json` (exit 1), else the
+/// error for `main` to print.
+fn refuse(json: bool, refused: &Refused<'_>, e: anyhow::Error) -> Result<ExitCode> {
+    if !json {
+        return Err(e);
+    }
+    let doc = output::refusal_json(refused, output::error_kind(&e), &format!("{e:#}"));
+    outln!("{doc}");
+    Ok(ExitCode::from(1))
+}
+
 async fn deploy(app: &App, args: &DeployArgs, json: bool) -> Result<ExitCode> {
-    let image = ImageRef::parse(&args.image)?;
+    let by_id = skipper_core::reference::local_image_id(&args.image).is_some();
+    let image = match resolve_image(app, args).await {
+        Ok(image) => image,
+        Err(e) => {
+            let refused = Refused {
+                project: args.project.as_deref(),
+                stage: &args.stage,
+                image: None,
+                input: Some(&args.image),
+                trigger: "manual",
+            };
+            return refuse(json, &refused, e);
+        }
+    };
     let project_name = args
         .project
         .clone()
@@ -370,20 +465,23 @@ async fn deploy(app: &App, args: &DeployArgs, json: bool) -> Result<ExitCode> {
     };
     let project = match checked.await {
         Ok(p) => p,
-        Err(e) if json => {
-            let err = skipper_core::Error::rejected(format!("{e:#}"));
-            println!(
-                "{}",
-                output::refusal_json(&project_name, &args.stage, &args.image, &err)
-            );
-            return Ok(ExitCode::from(1));
+        Err(e) => {
+            let refused = Refused {
+                project: Some(&project_name),
+                stage: &args.stage,
+                image: Some(&image),
+                input: Some(&args.image),
+                trigger: "manual",
+            };
+            return refuse(json, &refused, e);
         }
-        Err(e) => return Err(e),
     };
     let mut req = DeployRequest::new(&project.name, &args.stage, image.clone());
     req.confirmed = args.yes;
     req.cancel = Some(crate::signals::interrupt_token());
     req.pull = match args.pull {
+        // A local image id names what is here; pulling its tag could bring another image.
+        _ if by_id => PullPolicy::Never,
         Pull::Always => PullPolicy::Always,
         Pull::Missing => PullPolicy::Missing,
         Pull::Never => PullPolicy::Never,
@@ -401,12 +499,16 @@ async fn deploy(app: &App, args: &DeployArgs, json: bool) -> Result<ExitCode> {
         Ok(d) => report_deployment(&app.engine, &d, json, started.elapsed()).await,
         Err(e) => {
             if json {
-                println!(
-                    "{}",
-                    output::refusal_json(&project.name, &args.stage, &args.image, &e)
-                );
+                let refused = Refused {
+                    project: Some(&project.name),
+                    stage: &args.stage,
+                    image: Some(&image),
+                    input: Some(&args.image),
+                    trigger: "manual",
+                };
+                outln!("{}", output::refusal_json(&refused, e.kind(), &e.chain()));
             } else {
-                eprintln!("deploy refused: {}", e.chain());
+                errln!("deploy refused: {}", e.chain());
             }
             Ok(ExitCode::from(1))
         }
@@ -440,7 +542,7 @@ async fn report_deployment(
         None => None,
     };
     if json {
-        println!(
+        outln!(
             "{}",
             output::deployment_json(d, instance.as_ref(), url.as_deref())
         );
@@ -487,6 +589,6 @@ async fn show_progress(image: String, mut rx: tokio::sync::mpsc::UnboundedReceiv
         drew = true;
     }
     if drew {
-        eprintln!();
+        errln!("");
     }
 }

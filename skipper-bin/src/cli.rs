@@ -18,10 +18,10 @@ pub(crate) struct Cli {
 #[derive(Debug, Args)]
 pub(crate) struct Global {
     /// Where Skipper keeps its state (SQLite). Default: $XDG_DATA_HOME/skipper or ~/.local/share/skipper.
-    #[arg(long, global = true, env = "SKIPPER_DATA_DIR")]
+    #[arg(long, global = true, env = "SKIPPER_DATA_DIR", value_parser = path_or_unset())]
     pub(crate) data_dir: Option<PathBuf>,
     /// The configuration file. Default: ./skipper.yaml if it exists.
-    #[arg(long, global = true, env = "SKIPPER_CONFIG")]
+    #[arg(long, global = true, env = "SKIPPER_CONFIG", value_parser = path_or_unset())]
     pub(crate) config: Option<PathBuf>,
     /// Print one JSON document on stdout and nothing else there.
     #[arg(long, global = true)]
@@ -29,6 +29,42 @@ pub(crate) struct Global {
     /// More logging on stderr (-v info, -vv debug). RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub(crate) verbose: u8,
+}
+
+impl Cli {
+    /// [`Cli::try_parse`], then an empty `--data-dir`/`--config` (`SKIPPER_DATA_DIR=`) is unset.
+    pub(crate) fn parse_args() -> Result<Self, clap::Error> {
+        let mut cli = <Self as clap::Parser>::try_parse()?;
+        cli.global.unset_empty();
+        Ok(cli)
+    }
+}
+
+impl Global {
+    fn unset_empty(&mut self) {
+        for path in [&mut self.data_dir, &mut self.config] {
+            if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+                *path = None;
+            }
+        }
+    }
+}
+
+/// A path that may be empty (then [`Global::unset_empty`] unsets it): clap's own path parser
+/// refuses `SKIPPER_DATA_DIR=` as a missing value.
+fn path_or_unset() -> impl clap::builder::TypedValueParser<Value = PathBuf> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::OsStringValueParser::new().map(PathBuf::from)
+}
+
+/// `--env KEY=value`: the name must be a valid environment variable name
+/// ([`skipper_core::config::validate_env_name`]).
+fn env_pair(kv: &str) -> Result<(String, String), String> {
+    let Some((k, v)) = kv.split_once('=') else {
+        return Err(format!("{kv:?} must look like KEY=value"));
+    };
+    skipper_core::config::validate_env_name(k)?;
+    Ok((k.to_owned(), v.to_owned()))
 }
 
 /// When to pull.
@@ -110,7 +146,8 @@ pub(crate) struct WatchArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct DeployArgs {
-    /// The image, e.g. 127.0.0.1:5000/team/app:v1.
+    /// The image, e.g. 127.0.0.1:5000/team/app:v1, or a local image id (sha256:…), which
+    /// deploys that image by its tag and is never pulled.
     pub(crate) image: String,
     /// The project. Default: the image's name (its last path component).
     #[arg(long, short)]
@@ -135,8 +172,8 @@ pub(crate) struct DeployArgs {
     #[arg(long, value_enum, default_value = "always")]
     pub(crate) pull: Pull,
     /// Environment variable for the container (repeatable).
-    #[arg(long = "env", short = 'e', value_name = "K=V")]
-    pub(crate) env: Vec<String>,
+    #[arg(long = "env", short = 'e', value_name = "K=V", value_parser = env_pair)]
+    pub(crate) env: Vec<(String, String)>,
     /// Confirm a deploy to a stage with `confirm: true`.
     #[arg(long, short)]
     pub(crate) yes: bool,
@@ -179,4 +216,44 @@ pub(crate) struct HistoryArgs {
     /// At most this many.
     #[arg(long, short = 'n', default_value_t = 20)]
     pub(crate) limit: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        let mut cli = Cli::try_parse_from(std::iter::once("skipper").chain(args.iter().copied()))?;
+        cli.global.unset_empty();
+        Ok(cli)
+    }
+
+    #[test]
+    fn env_names_are_checked() {
+        let cli = parse(&["deploy", "app:v1", "-e", "A_1=x=y", "--env", "B="]).unwrap();
+        let Command::Deploy(d) = cli.command else {
+            panic!("not a deploy");
+        };
+        assert_eq!(
+            d.env,
+            [("A_1".into(), "x=y".into()), ("B".into(), String::new())]
+        );
+        for bad in ["A B=x", "A\nB=x", "=x", "NOEQUALS", "1A=x"] {
+            let e = parse(&["deploy", "app:v1", "--env", bad]).unwrap_err();
+            assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation, "{bad:?}");
+            let msg = e.to_string();
+            assert!(
+                msg.contains("KEY=value") || msg.contains("not a valid environment variable name"),
+                "{bad:?}: {msg}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_empty_path_is_unset() {
+        let cli = parse(&["ps", "--data-dir", "", "--config", ""]).unwrap();
+        assert_eq!((cli.global.data_dir, cli.global.config), (None, None));
+        let cli = parse(&["ps", "--data-dir", "/d"]).unwrap();
+        assert_eq!(cli.global.data_dir, Some(PathBuf::from("/d")));
+    }
 }

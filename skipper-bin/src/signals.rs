@@ -4,6 +4,8 @@
 
 use tokio_util::sync::CancellationToken;
 
+use crate::output::errln;
+
 /// A token cancelled by the first SIGINT or SIGTERM; the second signal exits the process at
 /// once (130 for SIGINT, 143 for SIGTERM).
 pub(crate) fn interrupt_token() -> CancellationToken {
@@ -14,11 +16,11 @@ pub(crate) fn interrupt_token() -> CancellationToken {
         loop {
             let code = next_signal().await;
             if seen {
-                eprintln!("interrupted again: exiting now");
+                errln!("interrupted again: exiting now");
                 std::process::exit(code);
             }
             seen = true;
-            eprintln!(
+            errln!(
                 "interrupted: stopping the operation safely (press Ctrl-C again to exit at once)"
             );
             first.cancel();

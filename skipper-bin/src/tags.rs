@@ -9,6 +9,7 @@ use skipper_registry::select_tags;
 
 use crate::app;
 use crate::cli::{Cli, TagsArgs};
+use crate::output::outln;
 
 /// List the tags matching `--pattern`, newest first, at most `--limit`, each with the digest a
 /// `HEAD` of its manifest returns (a tag deleted meanwhile has none).
@@ -40,21 +41,21 @@ pub(crate) async fn run(cli: &Cli, args: &TagsArgs) -> Result<ExitCode> {
             .iter()
             .map(|(tag, digest)| json!({ "tag": tag, "digest": digest }))
             .collect();
-        println!("{}", serde_json::Value::Array(list));
+        outln!("{}", serde_json::Value::Array(list));
     } else if rows.is_empty() {
-        println!(
+        outln!(
             "no tag of {} matches {:?}",
             repository.name(),
             pattern.as_str()
         );
     } else {
         let width = rows.iter().map(|(t, _)| t.len()).max().unwrap_or(3).max(3);
-        println!("{:width$}  DIGEST", "TAG");
+        outln!("{:width$}  DIGEST", "TAG");
         for (tag, digest) in &rows {
-            println!("{tag:width$}  {}", digest.as_deref().unwrap_or("-"));
+            outln!("{tag:width$}  {}", digest.as_deref().unwrap_or("-"));
         }
         if matching > rows.len() {
-            println!(
+            outln!(
                 "({} of {matching} matching tags; --limit shows more)",
                 rows.len()
             );

@@ -9,6 +9,7 @@ use skipper_registry::{WatchReport, WatchSettings, Watcher};
 
 use crate::app::App;
 use crate::cli::WatchArgs;
+use crate::output::{errln, outln};
 
 /// Poll once (`--once`) or until Ctrl-C / SIGTERM.
 pub(crate) async fn run(app: &App, args: &WatchArgs, json: bool) -> Result<ExitCode> {
@@ -31,7 +32,7 @@ pub(crate) async fn run(app: &App, args: &WatchArgs, json: bool) -> Result<ExitC
     let interval = args.interval.unwrap_or(app.config.global.poll_interval);
     let jitter = args.jitter.unwrap_or(interval / 10);
     if !json {
-        eprintln!(
+        errln!(
             "watching every {} (Ctrl-C stops)",
             humantime::format_duration(interval)
         );
@@ -80,8 +81,8 @@ async fn shutdown_signal() {
 fn print_report(report: &WatchReport, json: bool) {
     if json {
         match serde_json::to_string(report) {
-            Ok(line) => println!("{line}"),
-            Err(e) => eprintln!("error: cannot serialise the report: {e}"),
+            Ok(line) => outln!("{line}"),
+            Err(e) => errln!("error: cannot serialise the report: {e}"),
         }
         return;
     }
@@ -91,7 +92,7 @@ fn print_report(report: &WatchReport, json: bool) {
         } else {
             format!("{} new, {} re-pushed", p.new, p.repushed)
         };
-        println!(
+        outln!(
             "polled {} ({}): {} tags, {what}",
             p.repository,
             p.projects.join(", "),
@@ -99,15 +100,23 @@ fn print_report(report: &WatchReport, json: bool) {
         );
     }
     for d in &report.deployed {
-        println!(
+        outln!(
             "deployed {}/{} {} ({}), deployment {}",
-            d.project, d.stage, d.tag, d.change, d.deployment_id
+            d.project,
+            d.stage,
+            d.tag,
+            d.change,
+            d.deployment_id
         );
     }
     for a in &report.announced {
-        println!(
+        outln!(
             "announced {}/{} {} ({}): {}",
-            a.project, a.stage, a.tag, a.change, a.reason
+            a.project,
+            a.stage,
+            a.tag,
+            a.change,
+            a.reason
         );
     }
     for s in &report.skipped {
@@ -117,7 +126,7 @@ fn print_report(report: &WatchReport, json: bool) {
             (None, Some(tag)) => format!("{} {tag}", s.project),
             (None, None) => s.project.clone(),
         };
-        println!("skipped {at}: {}", s.reason);
+        outln!("skipped {at}: {}", s.reason);
     }
     for e in &report.errors {
         let at = match (&e.stage, &e.tag) {
@@ -125,12 +134,13 @@ fn print_report(report: &WatchReport, json: bool) {
             _ => e.project.clone(),
         };
         match &e.deployment_id {
-            Some(id) => println!(
+            Some(id) => outln!(
                 "deploy FAILED {at}, rolled back, deployment {id}: {} ({})",
-                e.message, e.kind
+                e.message,
+                e.kind
             ),
-            None => println!("error {at}: {} ({})", e.message, e.kind),
+            None => outln!("error {at}: {} ({})", e.message, e.kind),
         }
     }
-    println!("{}", report.summary());
+    outln!("{}", report.summary());
 }

@@ -519,11 +519,11 @@ fn build_project(
         message,
     })?;
     for key in p.env.keys() {
-        if key.is_empty() || key.contains('=') || key.contains('\0') {
+        if let Err(reason) = validate_env_name(key) {
             return Err(Error::Config {
                 field: format!("{field}.env"),
                 line: find_key_line(text, "env", name_line),
-                message: format!("{key:?} is not a valid environment variable name"),
+                message: reason,
             });
         }
     }
@@ -602,6 +602,25 @@ fn parse_url(s: &Spanned<String>, field: &str) -> Result<Url> {
         });
     }
     Ok(url)
+}
+
+/// Environment variable names, in the config's `env:` and on the command line (`--env K=V`):
+/// `[A-Za-z_][A-Za-z0-9_]*`, so that a name with a space, `=` or a newline never reaches a
+/// container. The error says what is wrong.
+pub fn validate_env_name(name: &str) -> std::result::Result<(), String> {
+    let mut chars = name.chars();
+    let ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a valid environment variable name: use letters, digits and '_', \
+             not starting with a digit"
+        ))
+    }
 }
 
 /// Docker network names: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`, at most 64 characters.
@@ -770,6 +789,28 @@ projects:
         let (field, line, _) = err(&bad_url);
         assert_eq!(field, "global.notification_url");
         assert_eq!(line, Some(5));
+    }
+
+    #[test]
+    fn env_names_are_checked_by_the_shared_validator() {
+        for good in ["NODE_ENV", "_x", "a1", "PATH"] {
+            assert_eq!(validate_env_name(good), Ok(()), "{good}");
+        }
+        for bad in ["", "1A", "A B", "A=B", "A\nB", "A-B", "É"] {
+            let msg = validate_env_name(bad).unwrap_err();
+            assert!(
+                msg.contains("not a valid environment variable name"),
+                "{bad:?}: {msg}"
+            );
+        }
+        let spaced = EXAMPLE.replace("NODE_ENV: production", "\"NODE ENV\": production");
+        let (field, line, msg) = err(&spaced);
+        assert_eq!(field, "projects.web-app.env");
+        assert!(line.is_some());
+        assert!(msg.contains("\"NODE ENV\""), "{msg}");
+        let newline = EXAMPLE.replace("NODE_ENV: production", "\"A\\nB\": production");
+        let (field, _, _) = err(&newline);
+        assert_eq!(field, "projects.web-app.env");
     }
 
     #[test]

@@ -865,6 +865,103 @@ fn image_healthcheck(config: Option<&HealthConfig>) -> Option<ImageHealthcheck> 
     })
 }
 
+/// A local image found by its id (`sha256:…`, see [`local_image_id`]), named by its tags.
+///
+/// [`local_image_id`]: crate::reference::local_image_id
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalImage {
+    /// The full image id, `sha256:` and 64 hex digits.
+    pub id: String,
+    /// Its tags (`RepoTags`); one Docker lists that is not a valid reference is left out.
+    pub tags: Vec<ImageRef>,
+    /// Its repository digests (`RepoDigests`, `name@sha256:…`).
+    pub digests: Vec<String>,
+}
+
+impl LocalImage {
+    /// The reference that deploys exactly this image: its one tag (in `repository`, when
+    /// given), pinned to its repository digest there when it has one. `Rejected` when it has no
+    /// such tag, or several and no `repository` to choose.
+    pub fn reference(&self, repository: Option<&ImageRef>) -> Result<ImageRef> {
+        let mut tags: Vec<&ImageRef> = self
+            .tags
+            .iter()
+            .filter(|t| repository.is_none_or(|r| t.same_repository(r)))
+            .collect();
+        tags.sort();
+        tags.dedup();
+        let listed = || {
+            let all: Vec<String> = self.tags.iter().map(ImageRef::familiar).collect();
+            if all.is_empty() {
+                "it has none".to_owned()
+            } else {
+                format!("its tags: {}", all.join(", "))
+            }
+        };
+        let tag = match (tags.as_slice(), repository) {
+            ([one], _) => *one,
+            ([], Some(r)) => {
+                return Err(Error::rejected(format!(
+                    "image {} has no tag in {} ({}); tag it there with `docker tag`",
+                    self.id,
+                    r.name(),
+                    listed()
+                )));
+            }
+            ([], None) => {
+                return Err(Error::rejected(format!(
+                    "image {} has no tag, and stages choose versions by tag; tag it with \
+                     `docker tag` and deploy that",
+                    self.id
+                )));
+            }
+            (_, _) => {
+                return Err(Error::rejected(format!(
+                    "image {} has several tags ({}); choose one with --project, or deploy a tag",
+                    self.id,
+                    listed()
+                )));
+            }
+        };
+        let pinned = self.digests.iter().find_map(|d| {
+            let (name, digest) = d.split_once('@')?;
+            let r = ImageRef::parse(name).ok()?;
+            r.same_repository(tag)
+                .then(|| tag.with_digest(digest).ok())?
+        });
+        Ok(pinned.unwrap_or_else(|| tag.clone()))
+    }
+}
+
+impl DockerRuntime {
+    /// The local image whose id is `id` (`sha256:…`, or a prefix of at least 12 hex digits):
+    /// what `docker image inspect` says names it. `NotFound` if there is none.
+    pub async fn local_image(&self, id: &str) -> Result<LocalImage> {
+        let inspected = self
+            .docker
+            .inspect_image(id)
+            .await
+            .map_err(|e| match status_of(&e) {
+                Some(404) => Error::not_found(format!("local image {id}")),
+                _ => self.err(e, &format!("inspect image {id}")),
+            })?;
+        Ok(local_image(inspected))
+    }
+}
+
+fn local_image(inspected: ImageInspect) -> LocalImage {
+    LocalImage {
+        id: inspected.id.unwrap_or_default(),
+        tags: inspected
+            .repo_tags
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|t| ImageRef::parse(t).ok())
+            .collect(),
+        digests: inspected.repo_digests.unwrap_or_default(),
+    }
+}
+
 fn image_metadata(inspected: ImageInspect) -> ImageMetadata {
     let config = inspected.config.unwrap_or_default();
     let mut exposed_ports: Vec<u16> = config
@@ -1396,6 +1493,42 @@ mod tests {
         };
         assert_eq!(image_healthcheck(Some(&none)), None);
         assert_eq!(image_healthcheck(Some(&HealthConfig::default())), None);
+    }
+
+    #[test]
+    fn a_local_image_id_means_its_one_tag_pinned_to_its_digest() {
+        let d = format!("sha256:{}", "d".repeat(64));
+        let json = format!(
+            r#"{{"Id": "sha256:b549", "RepoTags": ["skipper-test/app:v2", "127.0.0.1:5055/team/app:v2"],
+                "RepoDigests": ["127.0.0.1:5055/team/app@{d}"]}}"#
+        );
+        let img = local_image(serde_json::from_str(&json).unwrap());
+        assert_eq!(img.id, "sha256:b549");
+        assert_eq!(img.tags.len(), 2);
+        let e = img.reference(None).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Rejected);
+        assert!(e.to_string().contains("several tags"), "{e}");
+
+        let registry = ImageRef::parse("127.0.0.1:5055/team/app").unwrap();
+        let r = img.reference(Some(&registry)).unwrap();
+        assert_eq!(r.to_string(), format!("127.0.0.1:5055/team/app:v2@{d}"));
+        let local = ImageRef::parse("skipper-test/app").unwrap();
+        let r = img.reference(Some(&local)).unwrap();
+        assert_eq!(
+            r.to_string(),
+            "docker.io/skipper-test/app:v2",
+            "no digest there"
+        );
+        let other = ImageRef::parse("ghcr.io/x/y").unwrap();
+        let e = img.reference(Some(&other)).unwrap_err().to_string();
+        assert!(
+            e.contains("no tag in ghcr.io/x/y") && e.contains("skipper-test/app:v2"),
+            "{e}"
+        );
+
+        let untagged = local_image(serde_json::from_str(r#"{"Id": "sha256:c0ff"}"#).unwrap());
+        let e = untagged.reference(None).unwrap_err().to_string();
+        assert!(e.contains("has no tag"), "{e}");
     }
 
     #[test]

@@ -42,6 +42,13 @@ impl ImageRef {
             return Err(err("it contains whitespace"));
         }
 
+        if local_image_id(input).is_some() {
+            return Err(err(
+                "it is a local image id, not a repository and tag (deploy resolves an image id \
+                 to the image's tag)",
+            ));
+        }
+
         let (rest, digest) = match input.split_once('@') {
             Some((rest, digest)) => {
                 validate_digest(digest).map_err(|r| err(&r))?;
@@ -214,6 +221,18 @@ impl<'de> serde::Deserialize<'de> for ImageRef {
         let s = String::deserialize(d)?;
         Self::parse(&s).map_err(serde::de::Error::custom)
     }
+}
+
+/// The local image id `input` names, if it is one: `sha256:` and 12 to 64 lower-case hex digits
+/// (as `docker images --no-trunc` prints them, or a prefix of one), which Docker reads as an
+/// image id, never as the Docker Hub repository `sha256`.
+pub fn local_image_id(input: &str) -> Option<&str> {
+    let hex = input.strip_prefix("sha256:")?;
+    let ok = (12..=64).contains(&hex.len())
+        && hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    ok.then_some(input)
 }
 
 /// Check a tag: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
@@ -419,6 +438,33 @@ mod tests {
         assert!(ImageRef::parse(&long).is_err());
         let long_tag = format!("app:{}", "t".repeat(129));
         assert!(ImageRef::parse(&long_tag).is_err());
+    }
+
+    #[test]
+    fn an_image_id_is_not_a_hub_repository_named_sha256() {
+        let id = format!("sha256:{}", "0123456789abcdef".repeat(4));
+        assert_eq!(local_image_id(&id), Some(id.as_str()));
+        assert_eq!(
+            local_image_id("sha256:0123456789ab"),
+            Some("sha256:0123456789ab")
+        );
+        for not_an_id in [
+            "sha256:0123456789a",
+            "sha256:0123456789AB",
+            "sha256:xyz0123456789ab",
+            "0123456789abcdef",
+            "app:sha256",
+        ] {
+            assert_eq!(local_image_id(not_an_id), None, "{not_an_id}");
+        }
+        let e = ImageRef::parse(&id).unwrap_err().to_string();
+        assert!(e.contains("local image id"), "{e}");
+        // The digest form is still a reference.
+        assert!(ImageRef::parse(&format!("app@{id}")).is_ok());
+        assert!(
+            ImageRef::parse("sha256:v1").is_ok(),
+            "a repository named sha256 with a tag"
+        );
     }
 
     #[test]

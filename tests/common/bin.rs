@@ -66,6 +66,11 @@ impl World {
         world
     }
 
+    /// The data directory the commands use.
+    pub(crate) fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
     pub(crate) fn config_path(&self) -> PathBuf {
         self.dir.path().join("skipper.yaml")
     }
@@ -79,10 +84,16 @@ impl World {
     /// `skipper <args> --json` in embedded mode, in this world, not yet started. No NPM (set
     /// `SKIPPER_NPM_URL` on it for one), no secret key, no `RUST_LOG`, no stdin.
     pub(crate) fn command(&self, args: &[&str]) -> Command {
+        let mut c = self.text_command(args);
+        c.arg("--json");
+        c
+    }
+
+    /// [`command`](Self::command) without `--json`: what a person sees.
+    pub(crate) fn text_command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(skipper_bin());
         c.args(args)
-            .arg("--json")
-            .env("SKIPPER_DATA_DIR", self.dir.path().join("data"))
+            .env("SKIPPER_DATA_DIR", self.data_dir())
             .env("SKIPPER_CONFIG", self.config_path())
             .env("SKIPPER_SCOPE", &self.scope.name)
             // The test images stop at once on SIGTERM; a short grace bounds any that would not.

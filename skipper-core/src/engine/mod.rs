@@ -535,21 +535,26 @@ impl Engine {
         if let Some(i) = self.inner.store.get_instance(id).await? {
             return Ok(i);
         }
-        if id.len() >= 4 {
-            let all = self
-                .inner
-                .store
-                .list_instances(&InstanceFilter::default())
-                .await?;
-            let matches: Vec<_> = all.into_iter().filter(|i| i.id.starts_with(id)).collect();
-            match matches.len() {
-                1 => return Ok(matches.into_iter().next().expect("one match")),
-                0 => {}
-                n => {
-                    return Err(Error::Conflict {
-                        what: format!("{n} instances start with {id:?}; give more of the id"),
-                    });
-                }
+        if id.chars().count() < 4 {
+            return Err(Error::InvalidName {
+                what: "instance id",
+                value: id.to_owned(),
+                reason: "give at least 4 characters of the instance id".into(),
+            });
+        }
+        let all = self
+            .inner
+            .store
+            .list_instances(&InstanceFilter::default())
+            .await?;
+        let matches: Vec<_> = all.into_iter().filter(|i| i.id.starts_with(id)).collect();
+        match matches.len() {
+            1 => return Ok(matches.into_iter().next().expect("one match")),
+            0 => {}
+            n => {
+                return Err(Error::Conflict {
+                    what: format!("{n} instances start with {id:?}; give more of the id"),
+                });
             }
         }
         Err(Error::not_found(format!("instance {id:?}")))
@@ -725,3 +730,40 @@ impl Engine {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod find_instance_tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::store::{MemoryStore, conformance::sample_instance};
+    use crate::testing::FakeRuntime;
+
+    #[tokio::test]
+    async fn an_id_prefix_needs_four_characters_unless_it_is_an_exact_id() {
+        let store = Arc::new(MemoryStore::new());
+        let engine = Engine::builder(Arc::new(FakeRuntime::new()), store.clone()).build();
+        let mut short = sample_instance("web", "dev", chrono::Utc::now());
+        short.id = "abc".into();
+        let long = sample_instance("web", "dev", chrono::Utc::now());
+        store.put_instance(&short).await.unwrap();
+        store.put_instance(&long).await.unwrap();
+
+        assert_eq!(engine.find_instance("abc").await.unwrap().id, "abc");
+        assert_eq!(
+            engine.find_instance(&long.id[..4]).await.unwrap().id,
+            long.id
+        );
+        for too_short in ["", "x", &long.id[..3]] {
+            let e = engine.find_instance(too_short).await.unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Invalid, "{too_short:?}: {e}");
+            assert!(
+                e.to_string()
+                    .contains("give at least 4 characters of the instance id"),
+                "{e}"
+            );
+        }
+        let e = engine.find_instance("zzzz").await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+    }
+}

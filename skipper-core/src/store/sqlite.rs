@@ -353,6 +353,86 @@ impl SqliteStore {
     }
 }
 
+/// A store this process may only read: a read-only data directory (a read-only mount, another
+/// user's files) still lets a caller list what is there.
+impl SqliteStore {
+    /// Open the database in `data_dir` for reading only: nothing is created, migrated or
+    /// written, and every write fails. `NotFound` if there is no database; `Rejected` if its
+    /// schema is not this Skipper's (a migration needs write access).
+    ///
+    /// A WAL database needs its `-shm` file, which a read-only directory may not hold: then
+    /// the file is opened `immutable` (no locks; what another process writes meanwhile may not
+    /// be seen, and on a read-only mount nothing is written).
+    pub fn open_read_only(data_dir: &Path, key: Option<SecretKey>) -> Result<Self> {
+        let path = data_dir.join(DB_FILE);
+        if !path.is_file() {
+            return Err(Error::not_found(format!("database {}", path.display())));
+        }
+        let conn = match open_read_only_conn(&path, false) {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::debug!(error = %e.chain(), "opening read-only failed; trying immutable");
+                open_read_only_conn(&path, true)?
+            }
+        };
+        let version: i64 = conn
+            .query_row(
+                "SELECT COALESCE(MAX(version), 0) FROM schema_version",
+                [],
+                |row| row.get(0),
+            )
+            .or_db(|| format!("cannot read the schema version of {}", path.display()))?;
+        if usize::try_from(version).ok() != Some(MIGRATIONS.len()) {
+            return Err(Error::rejected(format!(
+                "{} has schema version {version} and this Skipper needs {}; it can only be \
+                 migrated with write access to {}",
+                path.display(),
+                MIGRATIONS.len(),
+                data_dir.display()
+            )));
+        }
+        let id = read_store_id(&conn, &path)?;
+        tracing::debug!(path = %path.display(), store = %id, "opened sqlite store read-only");
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+            path,
+            id,
+            key: key.map(Arc::new),
+        })
+    }
+}
+
+/// A read-only connection to `path` (a `file:` URI, `immutable` on request), checked with a
+/// first read: SQLite opens lazily.
+fn open_read_only_conn(path: &Path, immutable: bool) -> Result<Connection> {
+    use rusqlite::OpenFlags;
+    let what = || format!("cannot open database {} read-only", path.display());
+    let mut uri = String::from("file:");
+    for c in path.to_string_lossy().chars() {
+        match c {
+            '%' => uri.push_str("%25"),
+            '?' => uri.push_str("%3f"),
+            '#' => uri.push_str("%23"),
+            c => uri.push(c),
+        }
+    }
+    uri.push_str(if immutable {
+        "?mode=ro&immutable=1"
+    } else {
+        "?mode=ro"
+    });
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+        | OpenFlags::SQLITE_OPEN_URI
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(&uri, flags).or_db(what)?;
+    conn.busy_timeout(BUSY_TIMEOUT).or_db(what)?;
+    conn.query_row("SELECT count(*) FROM sqlite_master", [], |row| {
+        row.get::<_, i64>(0)
+    })
+    .or_db(what)?;
+    Ok(conn)
+}
+
 fn create_data_dir(dir: &Path) -> Result<()> {
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
@@ -1506,5 +1586,56 @@ mod tests {
         // The whole suite also passes with the two handles sharing one file.
         conformance::leases(&one).await;
         conformance::projects(&two).await;
+    }
+}
+
+#[cfg(test)]
+mod read_only_tests {
+    use super::*;
+    use crate::store::conformance::{sample_instance, sample_project};
+
+    #[tokio::test]
+    async fn a_read_only_store_lists_what_is_there_and_writes_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let instance = sample_instance("web", "dev", Utc::now());
+        {
+            let store = SqliteStore::open(dir.path(), None).expect("open");
+            store.put_instance(&instance).await.expect("put");
+        }
+        let store = SqliteStore::open_read_only(dir.path(), None).expect("open read-only");
+        let listed = store
+            .list_instances(&InstanceFilter::default())
+            .await
+            .expect("list");
+        assert_eq!(listed, vec![instance.clone()]);
+        assert!(store.put_project(&sample_project("web")).await.is_err());
+        assert!(store.delete_instance(&instance.id).await.is_err());
+        let again = SqliteStore::open_read_only(dir.path(), None).expect("reopen read-only");
+        assert_eq!(
+            again
+                .list_instances(&InstanceFilter::default())
+                .await
+                .unwrap(),
+            vec![instance],
+            "the failed writes changed nothing"
+        );
+    }
+
+    #[test]
+    fn a_missing_database_is_not_created() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let e = SqliteStore::open_read_only(dir.path(), None).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn immutable_opens_a_database_in_a_path_that_needs_escaping() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("a ?#%b");
+        drop(SqliteStore::open(&data, None).expect("open"));
+        for immutable in [false, true] {
+            open_read_only_conn(&data.join(DB_FILE), immutable).expect("read-only connection");
+        }
     }
 }

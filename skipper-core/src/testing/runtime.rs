@@ -402,10 +402,9 @@ impl Runtime for FakeRuntime {
         let f = self.enter(Op::Start).await?;
         let mut s = self.lock();
         let k = resolve(&s, id).ok_or_else(|| missing(id))?;
-        if !s
-            .containers
+        if s.containers
             .get(&k)
-            .is_some_and(|c| c.info.published.is_some())
+            .is_none_or(|c| c.info.published.is_none())
         {
             // A start publishes the port anew (Docker picks another ephemeral port).
             s.next_port += 1;
