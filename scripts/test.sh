@@ -7,10 +7,13 @@
 #    docker-registry, apache2-utils), builds the test images and starts two local registries.
 # 2. cargo test runs the unit, property, mock (wiremock) and fake-backend tests.
 # 3. cargo test -- --ignored runs the tests marked #[ignore = "needs docker engine"] against the
-#    real engine and registries, one at a time. Under CI=true a missing engine fails them.
+#    real engine and registries, one at a time. Here a missing engine or test environment fails
+#    them loudly (SKIPPER_TEST_STRICT=1), as under CI=true; run by hand without this script, a
+#    test that cannot find its engine says why and is skipped.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
+export SKIPPER_TEST_STRICT=1
 scripts/test-env.sh
 cargo build -p skipper-bin --bin skipper
 cargo test --workspace --all-features

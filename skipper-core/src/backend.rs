@@ -1,8 +1,9 @@
 //! The five backend traits the engine is written against, and the data they exchange.
 //!
-//! All are object-safe, `Send + Sync`, and held by the engine as `Arc<dyn Trait>`. With the
-//! `test-util` feature each has a mockall mock (`MockRuntime`, `MockStore`, ...); the
-//! [`testing`](crate::testing) module has in-memory fakes.
+//! All are object-safe, `Send + Sync`, and held by the engine as `Arc<dyn Trait>`. The
+//! [`testing`](crate::testing) module (feature `test-util`) has in-memory fakes with fault
+//! injection for the runtime, the proxy, the store and notifiers, which every engine test uses;
+//! `Registry` also has a mockall mock (`MockRegistry`), for exact-call tests.
 //!
 //! # Contracts every implementation keeps
 //! - Removing something that is already gone succeeds (`remove_container`, `remove_route`,
@@ -176,7 +177,6 @@ impl ProbeResult {
 }
 
 /// Runs containers: Docker through bollard, an in-memory fake, or an embedder's own.
-#[cfg_attr(any(test, feature = "test-util"), mockall::automock)]
 #[async_trait]
 pub trait Runtime: Send + Sync {
     /// Make sure `network` exists (create it if missing).
@@ -245,7 +245,6 @@ pub struct Route {
 }
 
 /// A reverse proxy Skipper routes through (Nginx Proxy Manager, Caddy, an embedder's own).
-#[cfg_attr(any(test, feature = "test-util"), mockall::automock)]
 #[async_trait]
 pub trait ProxyManager: Send + Sync {
     /// Make `route.domain` forward to `route.upstream`: create it, or switch an existing route in
@@ -291,7 +290,6 @@ pub struct Fence {
 /// Records are whole values (`put_*` inserts or replaces by id), so every backend stores the same
 /// shapes and the trait needs no SQL. Locks are leases: held until released or until `ttl`
 /// passes without renewal, so a killed process never holds a stage forever.
-#[cfg_attr(any(test, feature = "test-util"), mockall::automock)]
 #[async_trait]
 pub trait Store: Send + Sync {
     /// This store's identity: made once when the store is created and kept in it, never
@@ -371,7 +369,6 @@ pub trait Store: Send + Sync {
 }
 
 /// Delivers events (webhooks, chat, email...). A failing notifier never fails a deploy.
-#[cfg_attr(any(test, feature = "test-util"), mockall::automock)]
 #[async_trait]
 pub trait Notifier: Send + Sync {
     /// Deliver `event`.

@@ -271,6 +271,34 @@ impl DockerRuntime {
             })
     }
 
+    /// Keep one of several networks named `name`: the one with the most containers attached
+    /// (the smallest id among equals), so that every creator keeps the same one; remove the
+    /// others. Removing one in use fails and is left for the next lookup.
+    async fn remove_duplicate_networks(&self, name: &str, ids: &[String]) {
+        let mut attached = Vec::new();
+        for id in ids {
+            let n = self
+                .docker
+                .inspect_network(id, None)
+                .await
+                .ok()
+                .and_then(|n| n.containers)
+                .map_or(0, |c| c.len());
+            attached.push((std::cmp::Reverse(n), id.clone()));
+        }
+        attached.sort();
+        for (_, duplicate) in attached.iter().skip(1) {
+            match self.docker.remove_network(duplicate).await {
+                Ok(()) => {
+                    tracing::info!(network = %name, %duplicate, "removed a duplicate network")
+                }
+                Err(e) => {
+                    tracing::warn!(network = %name, %duplicate, error = %e, "cannot remove a duplicate network yet")
+                }
+            }
+        }
+    }
+
     /// The ids of networks named exactly `name` (the name filter matches substrings), sorted.
     async fn networks_named(&self, name: &str) -> Result<Vec<String>> {
         let filters = HashMap::from([("name", vec![name])]);
@@ -296,7 +324,14 @@ impl DockerRuntime {
 impl Runtime for DockerRuntime {
     async fn ensure_network(&self, network: &str) -> Result<()> {
         let _guard = self.network_lock.lock().await;
-        if !self.networks_named(network).await?.is_empty() {
+        let found = self.networks_named(network).await?;
+        if found.len() > 1 {
+            // Duplicates from an earlier race (Docker 20.10 allows them): converge to one now,
+            // or every deploy on the name fails as ambiguous.
+            self.remove_duplicate_networks(network, &found).await;
+            return Ok(());
+        }
+        if !found.is_empty() {
             return Ok(());
         }
         let mut net_labels = HashMap::from([(labels::MANAGED.to_owned(), "true".to_owned())]);
@@ -319,9 +354,9 @@ impl Runtime for DockerRuntime {
         // race. Every creator then removes all but the smallest id: whichever lists last sees
         // both, so one network survives (removing one in use fails, and is left alone).
         let ids = self.networks_named(network).await?;
-        for duplicate in ids.iter().skip(1) {
-            tracing::debug!(%network, %created, %duplicate, "removing a duplicate network from a create race");
-            let _ = self.docker.remove_network(duplicate).await;
+        if ids.len() > 1 {
+            tracing::debug!(%network, %created, "a create race made duplicate networks");
+            self.remove_duplicate_networks(network, &ids).await;
         }
         Ok(())
     }

@@ -6,8 +6,6 @@
 
 use std::time::Duration;
 
-use crate::model::Step;
-
 /// `Result` with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -176,16 +174,6 @@ pub enum Error {
         logs: Vec<String>,
     },
 
-    /// A deploy failed at `step` (and was rolled back).
-    #[error("deploy failed at step {step}")]
-    DeployFailed {
-        /// The step that failed.
-        step: Step,
-        /// Why.
-        #[source]
-        source: Box<Error>,
-    },
-
     /// The lease an operation held was lost (it expired, or another process took it over): the
     /// operation stops and writes nothing more.
     #[error(
@@ -231,7 +219,6 @@ impl Error {
             Self::RateLimited { .. } => ErrorKind::RateLimited,
             Self::Timeout { .. } => ErrorKind::Timeout,
             Self::Unhealthy { .. } => ErrorKind::Unhealthy,
-            Self::DeployFailed { source, .. } => source.kind(),
         }
     }
 
@@ -278,7 +265,6 @@ impl Error {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::RateLimited { retry_after, .. } => *retry_after,
-            Self::DeployFailed { source, .. } => source.retry_after(),
             _ => None,
         }
     }
@@ -299,7 +285,6 @@ impl Error {
     pub fn logs(&self) -> &[String] {
         match self {
             Self::Unhealthy { logs, .. } => logs,
-            Self::DeployFailed { source, .. } => source.logs(),
             _ => &[],
         }
     }
@@ -322,27 +307,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn deploy_failed_takes_the_kind_of_its_cause() {
-        let e = Error::DeployFailed {
-            step: Step::Pull,
-            source: Box::new(Error::backend("docker", ErrorKind::Unauthorized, "denied")),
-        };
-        assert_eq!(e.kind(), ErrorKind::Unauthorized);
-        assert_eq!(e.chain(), "deploy failed at step pull: docker: denied");
-    }
-
-    #[test]
     fn rate_limited_keeps_the_wait_it_was_asked_for() {
         let e = Error::rate_limited("registry", "GET u: 429", Some(Duration::from_secs(90)));
         assert_eq!(e.kind(), ErrorKind::RateLimited);
         assert!(e.kind().is_retryable());
         assert_eq!(e.retry_after(), Some(Duration::from_secs(90)));
         assert_eq!(e.to_string(), "registry: GET u: 429");
-        let failed = Error::DeployFailed {
-            step: Step::Pull,
-            source: Box::new(e),
-        };
-        assert_eq!(failed.retry_after(), Some(Duration::from_secs(90)));
         assert_eq!(
             Error::backend("registry", ErrorKind::RateLimited, "429").retry_after(),
             None

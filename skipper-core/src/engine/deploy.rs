@@ -398,14 +398,24 @@ impl Engine {
             .network
             .clone()
             .unwrap_or_else(|| self.inner.settings.network.clone());
-        guard
-            .run(timed(
-                || format!("network {network}"),
-                t.create,
-                rt.ensure_network(&network),
-            ))
-            .await
-            .at(Step::Create)?;
+        {
+            // Concurrent first deploys on one network would race to create it: take turns.
+            let lease = self
+                .lease(&format!("network/{network}"), t.create)
+                .await
+                .at(Step::Create)?;
+            let made = guard
+                .run(timed(
+                    || format!("network {network}"),
+                    t.create,
+                    rt.ensure_network(&network),
+                ))
+                .await;
+            if let Some(lease) = lease {
+                lease.release().await;
+            }
+            made.at(Step::Create)?;
+        }
         let stage_filter = InstanceFilter {
             project: Some(saga.project.name.clone()),
             stage: Some(saga.stage.name.clone()),
