@@ -332,3 +332,62 @@ fn sigterm_during_a_deploy_rolls_back_and_says_interrupted() {
     let history = h.skipper(&["history"]);
     assert_eq!(history.json[0]["status"], "failed", "{:#}", history.json);
 }
+
+/// Two stages of a new project deployed at once (and the network created at once): both
+/// deploys succeed, the project keeps both stages, and both stay up after a reconcile.
+#[test]
+#[ignore = "needs docker engine"]
+fn two_first_deploys_of_one_project_keep_both_stages() {
+    let h = harness_or_skip!("stages");
+    let children: Vec<_> = ["a", "b"]
+        .iter()
+        .map(|stage| {
+            let mut args = h.deploy_args("v1");
+            args.extend([
+                "--project".into(),
+                "xt".into(),
+                "--stage".into(),
+                (*stage).into(),
+            ]);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let mut c = h.world.command(&args);
+            c.stdout(Stdio::piped()).stderr(Stdio::piped());
+            (
+                args.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>(),
+                c.spawn().expect("spawn"),
+            )
+        })
+        .collect();
+    for (args, child) in children {
+        let out = child.wait_with_output().expect("wait");
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Run::from_output(&args, out).succeeded();
+    }
+    let r = h.skipper(&["reconcile"]);
+    assert_eq!(
+        r.json["removed_containers"],
+        serde_json::json!([]),
+        "{:#}",
+        r.json
+    );
+    let ps = h.ps();
+    let mut stages: Vec<(&str, &str)> = ps
+        .iter()
+        .map(|i| {
+            (
+                i["stage"].as_str().unwrap_or(""),
+                i["state"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    stages.sort();
+    assert_eq!(stages, vec![("a", "running"), ("b", "running")], "{ps:#?}");
+    let networks = docker(&[
+        "network",
+        "ls",
+        "-q",
+        "--filter",
+        &format!("name=^{}$", h.world.scope.network()),
+    ]);
+    assert_eq!(networks.lines().count(), 1, "one network: {networks}");
+}

@@ -348,6 +348,24 @@ async fn resolve_project(
     image: &ImageRef,
     project: &str,
 ) -> Result<Project> {
+    // Read, change and write the project under its lease: two first deploys of one project's
+    // stages at once must not lose each other's stage.
+    let lease = app
+        .engine
+        .lease(&format!("project/{project}"), Duration::from_secs(60))
+        .await?
+        .with_context(|| format!("project {project:?} stayed busy for a minute"))?;
+    let result = resolve_project_locked(app, args, image, project).await;
+    lease.release().await;
+    result
+}
+
+async fn resolve_project_locked(
+    app: &App,
+    args: &DeployArgs,
+    image: &ImageRef,
+    project: &str,
+) -> Result<Project> {
     let from_config = app.config.projects.get(project).cloned();
     let configured = from_config.is_some();
     let mut p = match from_config {
