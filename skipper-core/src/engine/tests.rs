@@ -1427,3 +1427,32 @@ async fn retiring_one_of_two_instances_of_a_tag_keeps_the_survivors_route() {
         h.proxy.routes()
     );
 }
+
+/// An image that EXPOSEs nothing deploys without publishing, gated on "still up after settle";
+/// asked to probe a path without a port, the deploy says "pass --port" instead of failing at
+/// create.
+#[tokio::test(start_paused = true)]
+async fn an_image_without_a_port_deploys_on_settle_or_asks_for_one() {
+    let h = harness_with(1, false).await;
+    let mut p = project(1);
+    p.port = None;
+    p.health.path = None;
+    h.engine.put_project(&p).await.unwrap();
+    let img = image("noport");
+    h.rt.add_image_with(
+        &img,
+        Behavior::Healthy,
+        crate::backend::ImageMetadata::default(),
+        None,
+    );
+    let d = h.deploy("dev", "noport").await;
+    assert_eq!(d.status, DeployStatus::Succeeded, "{d:#?}");
+    assert!(d.steps.iter().any(|s| s.message.contains("staying up")));
+    assert_eq!(h.rt.containers()[0].published, None, "nothing to publish");
+    p.health.path = Some("/health".into());
+    h.engine.put_project(&p).await.unwrap();
+    let d = h.deploy("dev", "noport").await;
+    let e = d.error.unwrap();
+    assert_eq!((e.step, e.kind), (Step::Pull, ErrorKind::Rejected), "{e:?}");
+    assert!(e.message.contains("pass --port"), "{}", e.message);
+}
