@@ -391,3 +391,67 @@ fn two_first_deploys_of_one_project_keep_both_stages() {
     ]);
     assert_eq!(networks.lines().count(), 1, "one network: {networks}");
 }
+
+/// A failed deploy's flags are not saved: after `deploy v2 --health-path /healthzz` fails, a
+/// plain deploy probes `/health` again and succeeds, and `rollback` works.
+#[test]
+#[ignore = "needs docker engine"]
+fn a_failed_deploys_flags_are_not_saved() {
+    let h = harness_or_skip!("flags");
+    let first = h.deploy_args("v1");
+    let first: Vec<&str> = first.iter().map(String::as_str).collect();
+    h.skipper(&first).succeeded();
+    let v2 = h.env.image("v2");
+    let bad = [
+        "deploy",
+        v2.as_str(),
+        "--health-path",
+        "/healthzz",
+        "--health-timeout",
+        "3s",
+    ];
+    h.skipper(&bad).failed();
+    let plain = ["deploy", v2.as_str()];
+    let d = h.skipper(&plain).succeeded();
+    assert!(
+        d["steps"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|s| s["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("GET /health on")))),
+        "{d:#}"
+    );
+    let r = h.skipper(&["rollback", "--project", "app"]);
+    let r = r.succeeded();
+    assert_eq!(body(&address(&r)), "v1");
+}
+
+/// Rolling back a local image that also carries another repository's digest (it was pushed to
+/// a registry too) deploys what is present locally, not `<image>@<that digest>` from Docker Hub.
+#[test]
+#[ignore = "needs docker engine"]
+fn rollback_of_a_local_image_uses_what_is_present() {
+    let h = harness_or_skip!("localrb");
+    let deploy = |tag: &str| {
+        let image = format!("skipper-test/app:{tag}");
+        let args = [
+            "deploy",
+            image.as_str(),
+            "--project",
+            "loc",
+            "--health-path",
+            "/health",
+            "--pull",
+            "never",
+        ];
+        h.skipper(&args).succeeded()
+    };
+    let v1 = deploy("v1");
+    assert!(
+        v1["digest"].is_null(),
+        "no digest of another repository: {v1:#}"
+    );
+    deploy("v2");
+    let r = h.skipper(&["rollback", "--project", "loc"]).succeeded();
+    assert_eq!(body(&address(&r)), "v1");
+}

@@ -14,7 +14,8 @@ use skipper_core::notify::WebhookNotifier;
 use skipper_core::store::{SecretKey, SqliteStore};
 use skipper_core::{
     Credentials, DeployRequest, DeployStatus, Deployment, Engine, EngineSettings, ImageRef,
-    Instance, Project, PullPolicy, PullProgress, ReconcileReport, Stage, UpstreamTarget,
+    Instance, Project, PullPolicy, PullProgress, ReconcileReport, RunSettings, Stage,
+    UpstreamTarget,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -347,7 +348,7 @@ async fn resolve_project(
     args: &DeployArgs,
     image: &ImageRef,
     project: &str,
-) -> Result<Project> {
+) -> Result<(Project, Option<RunSettings>)> {
     // Read, change and write the project under its lease: two first deploys of one project's
     // stages at once must not lose each other's stage.
     let lease = app
@@ -365,7 +366,7 @@ async fn resolve_project_locked(
     args: &DeployArgs,
     image: &ImageRef,
     project: &str,
-) -> Result<Project> {
+) -> Result<(Project, Option<RunSettings>)> {
     let from_config = app.config.projects.get(project).cloned();
     let configured = from_config.is_some();
     let mut p = match from_config {
@@ -389,6 +390,10 @@ async fn resolve_project_locked(
         p.stages
             .insert(args.stage.clone(), Stage::new(args.stage.clone()));
     }
+    // The project and its stage exist from now on; the flags below are this deploy's settings,
+    // kept as the project's by the engine only if the deploy succeeds.
+    app.engine.put_project(&p).await?;
+    let stored = p.clone();
     if let Some(port) = args.port {
         p.port = Some(port);
     }
@@ -406,8 +411,11 @@ async fn resolve_project_locked(
     for (k, v) in &args.env {
         p.env.insert(k.clone(), v.clone());
     }
-    app.engine.put_project(&p).await?;
-    Ok(p)
+    p.validate()?;
+    let stage = p.stage(&args.stage)?;
+    let settings = RunSettings::of(&p, stage);
+    let changed = settings != RunSettings::of(&stored, stored.stage(&args.stage)?);
+    Ok((p, changed.then_some(settings)))
 }
 
 /// The default project name for an image: its last path component, as a DNS-safe label.
@@ -481,7 +489,7 @@ async fn deploy(app: &App, args: &DeployArgs, json: bool) -> Result<ExitCode> {
         }
         resolve_project(app, args, &image, &project_name).await
     };
-    let project = match checked.await {
+    let (project, settings) = match checked.await {
         Ok(p) => p,
         Err(e) => {
             let refused = Refused {
@@ -496,6 +504,7 @@ async fn deploy(app: &App, args: &DeployArgs, json: bool) -> Result<ExitCode> {
     };
     let mut req = DeployRequest::new(&project.name, &args.stage, image.clone());
     req.confirmed = args.yes;
+    req.settings = settings;
     req.cancel = Some(crate::signals::interrupt_token());
     req.pull = match args.pull {
         // A local image id names what is here; pulling its tag could bring another image.

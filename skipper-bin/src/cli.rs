@@ -99,7 +99,7 @@ pub(crate) enum Command {
     Rollback(StageArgs),
     /// Show recent deployments, newest first.
     History(HistoryArgs),
-    /// Repair the store against Docker and the proxy (every command does this first).
+    /// Repair the store against Docker and the proxy (every mutating command does this first).
     Reconcile,
     /// List a repository's tags, newest first, with their digests.
     ///

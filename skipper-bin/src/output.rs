@@ -580,6 +580,7 @@ mod tests {
             }),
             started_at: Utc::now(),
             finished_at: None,
+            settings: None,
         }
     }
 

@@ -63,7 +63,8 @@ pub use engine::{
 pub use error::{Error, ErrorKind, Result};
 pub use model::{
     DeployError, DeployStatus, Deployment, Event, EventKind, HealthCheck, Instance, InstanceState,
-    Project, RouteOptions, SeenTag, Stage, Step, StepRecord, StepStatus, Trigger, Upstream,
+    Project, RouteOptions, RunSettings, SeenTag, Stage, Step, StepRecord, StepStatus, Trigger,
+    Upstream,
 };
 pub use pattern::TagPattern;
 pub use reference::ImageRef;

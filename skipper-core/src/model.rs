@@ -705,6 +705,45 @@ pub struct Deployment {
     pub started_at: Timestamp,
     /// When it ended.
     pub finished_at: Option<Timestamp>,
+    /// The settings it ran with (so a rollback to it runs it the same way). `None` in records
+    /// written before Skipper kept them.
+    #[serde(default)]
+    pub settings: Option<RunSettings>,
+}
+
+/// The project settings a deployment ran with: what a deploy's flags can change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunSettings {
+    /// The app port.
+    pub port: Option<u16>,
+    /// The health gate.
+    pub health: HealthCheck,
+    /// The environment.
+    pub env: BTreeMap<String, String>,
+    /// The stage's `max_instances`.
+    pub max_instances: u32,
+}
+
+impl RunSettings {
+    /// The settings of `project`'s `stage`.
+    pub fn of(project: &Project, stage: &Stage) -> Self {
+        Self {
+            port: project.port,
+            health: project.health.clone(),
+            env: project.env.clone(),
+            max_instances: stage.max_instances,
+        }
+    }
+
+    /// `project` with these settings applied to it and to its stage `stage`.
+    pub fn apply(&self, project: &mut Project, stage: &str) {
+        project.port = self.port;
+        project.health = self.health.clone();
+        project.env = self.env.clone();
+        if let Some(s) = project.stages.get_mut(stage) {
+            s.max_instances = self.max_instances;
+        }
+    }
 }
 
 impl Deployment {

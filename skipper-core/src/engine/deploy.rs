@@ -16,7 +16,7 @@ use crate::backend::{ContainerInfo, ContainerSpec, Fence, InstanceFilter, Route}
 use crate::error::{Error, Result};
 use crate::model::{
     DeployError, DeployStatus, Deployment, Event, EventKind, Instance, InstanceState, Project,
-    Stage, Step, StepStatus, Trigger, Upstream, labels, new_id,
+    RunSettings, Stage, Step, StepStatus, Trigger, Upstream, labels, new_id,
 };
 use crate::pattern::TagPattern;
 use crate::reference::ImageRef;
@@ -42,6 +42,8 @@ struct Saga {
     deployment: Deployment,
     undo: Vec<(Step, Undo)>,
     fence: Fence,
+    /// Settings to keep as the project's once the deploy succeeded.
+    keep: Option<RunSettings>,
 }
 
 /// What the commit decided: the new instance serves; these are retired.
@@ -200,6 +202,13 @@ impl Engine {
         req: DeployRequest,
         lease: &Lease,
     ) -> Result<Deployment> {
+        let (mut project, mut stage) = (project, stage);
+        if let Some(settings) = &req.settings {
+            // This deploy's settings; stored as the project's only if it succeeds.
+            settings.apply(&mut project, &stage.name);
+            project.validate()?;
+            stage = project.stage(&stage.name)?.clone();
+        }
         let guard = self.guard(lease, req.cancel.clone());
         // Repair whatever an earlier, interrupted operation left on this stage.
         self.reconcile_stage(&project, &stage).await?;
@@ -221,6 +230,7 @@ impl Engine {
             error: None,
             started_at: Utc::now(),
             finished_at: None,
+            settings: Some(RunSettings::of(&project, &stage)),
         };
         deployment.log(
             Step::Validate,
@@ -237,6 +247,7 @@ impl Engine {
             deployment,
             undo: Vec::new(),
             fence,
+            keep: req.settings.clone(),
         };
         match self.run_steps(&mut saga, &req, &guard).await {
             Ok(committed) => Ok(self.roll_forward(saga, committed, &guard).await),
@@ -430,12 +441,22 @@ impl Engine {
         let domains = &self.inner.settings.domains;
         let (p, s) = (&saga.project.name, &saga.stage.name);
         let tag = saga.deployment.tag.clone();
-        let mut domain = domains.instance_domain(p, s, &tag, false);
-        if existing.iter().any(|i| i.domain == domain && i.tag != tag) {
-            // Two tags that sanitise alike (v1.0 / v1-0): keep them apart.
-            domain = domains.instance_domain(p, s, &tag, true);
-        }
         let id = new_id();
+        let taken = |d: &str| existing.iter().any(|i| i.domain == d);
+        let mut domain = domains.instance_domain(p, s, &tag, false);
+        if taken(&domain) {
+            // Two tags that sanitise alike (v1.0 / v1-0) get a hash; the same tag twice (with
+            // max_instances ≥ 2) gets the instance's id: every instance has its own domain.
+            domain = domains.instance_domain(p, s, &tag, true);
+            if taken(&domain) {
+                domain = domains.instance_domain(p, s, &format!("{tag}-{}", &id[..6]), false);
+            }
+        }
+        if self.inner.proxy.is_some() {
+            self.refuse_shared_domains(&saga.project, &saga.stage, &domain)
+                .await
+                .at(Step::Create)?;
+        }
         let now = Utc::now();
         let mut instance = Instance {
             id: id.clone(),
@@ -838,6 +859,15 @@ impl Engine {
             );
         }
 
+        // The deploy's settings become the project's, now that it succeeded.
+        if let Some(settings) = &saga.keep
+            && let Err(e) = self
+                .keep_settings(&saga.project.name, &saga.stage.name, settings)
+                .await
+        {
+            tracing::warn!(project = %saga.project.name, error = %e.chain(), "could not save the deploy's settings to the project");
+        }
+
         // Remove retired containers (best effort; reconcile finishes the job).
         for old in &removable {
             let removed = match &old.container_id {
@@ -880,6 +910,91 @@ impl Engine {
         self.notify(Event::for_deployment(EventKind::DeploySucceeded, &d, message).with_url(url))
             .await;
         d
+    }
+
+    /// Refuse a deploy whose stage domain or new instance domain another project's or stage's
+    /// domain already is (`stage-{stage}-{project}` is not injective once names hold `-`:
+    /// project `a-b` stage `c` and project `b` stage `c-a` both make `stage-c-a-b`). One
+    /// project's domain never serves another's app.
+    async fn refuse_shared_domains(
+        &self,
+        project: &Project,
+        stage: &Stage,
+        instance_domain: &str,
+    ) -> Result<()> {
+        let domains = &self.inner.settings.domains;
+        let stage_domain =
+            domains.stage_domain(&project.name, &stage.name, stage.subdomain.as_deref());
+        let mine = |p: &str, s: &str| p == project.name && s == stage.name;
+        let clash = |d: &str| d == stage_domain || d == instance_domain;
+        let refuse = |d: &str, owner: String| {
+            let which = if d == stage_domain {
+                format!("the stage domain {d} of {}/{}", project.name, stage.name)
+            } else {
+                format!(
+                    "the new instance domain {d} of {}/{}",
+                    project.name, stage.name
+                )
+            };
+            Err(Error::Conflict {
+                what: format!(
+                    "{which} is already {owner}'s; give one of the two stages its own \
+                     `subdomain`, or rename a project or stage"
+                ),
+            })
+        };
+        let instances = self
+            .list_instances_timed(&InstanceFilter::default())
+            .await?;
+        // A stage's domain is taken once the stage serves (has an instance): the first stage
+        // to deploy keeps it.
+        for p in self
+            .stored(|| "project list", self.inner.store.list_projects())
+            .await?
+        {
+            for s in p.stages.values().filter(|s| !mine(&p.name, &s.name)) {
+                let serves = instances
+                    .iter()
+                    .any(|i| i.project == p.name && i.stage == s.name);
+                let d = domains.stage_domain(&p.name, &s.name, s.subdomain.as_deref());
+                if serves && clash(&d) {
+                    return refuse(&d, format!("stage {}/{}", p.name, s.name));
+                }
+            }
+        }
+        for i in instances {
+            if !mine(&i.project, &i.stage) && clash(&i.domain) {
+                return refuse(
+                    &i.domain,
+                    format!("instance {} ({}) of {}/{}", i.id, i.tag, i.project, i.stage),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Store `settings` as the project's (for `stage`), under the project's lease, reading the
+    /// project again so a concurrent change to another stage is kept.
+    async fn keep_settings(
+        &self,
+        project: &str,
+        stage: &str,
+        settings: &RunSettings,
+    ) -> Result<()> {
+        let wait = self.inner.settings.timeouts.record;
+        let lease = self.lease(&format!("project/{project}"), wait).await?;
+        let r = async {
+            let mut p = self.project(project).await?;
+            settings.apply(&mut p, stage);
+            p.validate()?;
+            self.stored(|| "project write", self.inner.store.put_project(&p))
+                .await
+        }
+        .await;
+        if let Some(lease) = lease {
+            lease.release().await;
+        }
+        r
     }
 
     /// Where users reach the stage: its domain with a proxy, else the published address.

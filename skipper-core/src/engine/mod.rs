@@ -161,6 +161,10 @@ pub struct DeployRequest {
     /// Cancelling this token interrupts the deploy between steps (a signal, a cancelled job):
     /// before the commit point it rolls back, after it the deploy finishes.
     pub cancel: Option<CancellationToken>,
+    /// Run with these settings instead of the stored project's (a deploy's `--port`,
+    /// `--health-path`, `--env`, `--max-instances`). They become the project's settings only
+    /// when the deploy succeeds: a failed deploy changes nothing.
+    pub settings: Option<crate::model::RunSettings>,
 }
 
 impl DeployRequest {
@@ -175,6 +179,7 @@ impl DeployRequest {
             pull: PullPolicy::Always,
             progress: None,
             cancel: None,
+            settings: None,
         }
     }
 

@@ -333,6 +333,8 @@ impl Engine {
         req.trigger = Trigger::Rollback;
         req.pull = PullPolicy::Missing;
         req.cancel = cancel;
+        // Run the target version the way it ran (its port, health check, environment).
+        req.settings = target.settings.clone();
         self.deploy_locked(project, stage, tag, req, lease).await
     }
 
@@ -364,6 +366,7 @@ impl Engine {
             error: None,
             started_at: now,
             finished_at: None,
+            settings: Some(crate::model::RunSettings::of(project, stage)),
         };
         d.log(
             Step::Validate,

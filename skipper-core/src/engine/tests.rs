@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
-use crate::model::{DeployStatus, EventKind, InstanceState, Stage, Step};
+use crate::model::{DeployStatus, EventKind, InstanceState, RunSettings, Stage, Step};
 use crate::store::MemoryStore;
 use crate::testing::{
     Behavior, FakeProxy, FakeRuntime, Fault, FlakyStore, Op, RecordingNotifier, StoreOp,
@@ -1455,4 +1455,121 @@ async fn an_image_without_a_port_deploys_on_settle_or_asks_for_one() {
     let e = d.error.unwrap();
     assert_eq!((e.step, e.kind), (Step::Pull, ErrorKind::Rejected), "{e:?}");
     assert!(e.message.contains("pass --port"), "{}", e.message);
+}
+
+/// `stage-{stage}-{project}` is not injective once names hold `-`: the second project whose
+/// stage domain (or instance domain) another's already is, is refused, naming both owners;
+/// the first one's route is untouched. Two instances of one tag get domains of their own.
+#[tokio::test(start_paused = true)]
+async fn one_projects_domain_never_serves_another_projects_app() {
+    let h = harness(2).await;
+    let simple = |name: &str, stage: &str| {
+        let mut p = Project::new(name, REPO).unwrap();
+        p.port = Some(8080);
+        p.health.path = Some("/health".into());
+        p.with_stage(Stage::new(stage))
+    };
+    h.engine.put_project(&simple("a-b", "c")).await.unwrap();
+    h.engine.put_project(&simple("b", "c-a")).await.unwrap();
+    let d = h
+        .engine
+        .deploy(DeployRequest::new("a-b", "c", image("v1")))
+        .await
+        .unwrap();
+    assert_eq!(d.status, DeployStatus::Succeeded, "{d:#?}");
+    let first = h.proxy.route("stage-c-a-b.example.com").unwrap().upstream;
+    let d = h
+        .engine
+        .deploy(DeployRequest::new("b", "c-a", image("v1")))
+        .await
+        .unwrap();
+    let e = d.error.expect("refused");
+    assert_eq!(e.kind, ErrorKind::Conflict, "{e:?}");
+    assert!(
+        e.message.contains("stage-c-a-b.example.com") && e.message.contains("stage a-b/c"),
+        "{}",
+        e.message
+    );
+    assert_eq!(
+        h.proxy.route("stage-c-a-b.example.com").unwrap().upstream,
+        first
+    );
+
+    // Instance domains: project web tag api-v1 against project web-api tag v1.
+    h.rt.add_image(&format!("{REPO}:api-v1"), Behavior::Healthy);
+    assert_eq!(
+        h.deploy("dev", "api-v1").await.status,
+        DeployStatus::Succeeded
+    );
+    h.engine
+        .put_project(&simple("web-api", "dev"))
+        .await
+        .unwrap();
+    let d = h
+        .engine
+        .deploy(DeployRequest::new("web-api", "dev", image("v1")))
+        .await
+        .unwrap();
+    let e = d.error.expect("refused");
+    assert!(
+        e.message.contains("stage-dev-web-api-v1.example.com"),
+        "{}",
+        e.message
+    );
+
+    // The same tag twice in one stage: two domains.
+    h.deploy("rel", "v1").await;
+    let mut p = project(2);
+    p.stages.get_mut("rel").unwrap().max_instances = 2;
+    h.engine.put_project(&p).await.unwrap();
+    h.deploy("rel", "v1").await;
+    let rel = h.instances("rel").await;
+    assert_eq!(rel.len(), 2);
+    assert_ne!(rel[0].domain, rel[1].domain);
+}
+
+/// A failed deploy's settings are not kept: the project probes what it probed before, and the
+/// next plain deploy and a rollback work. A successful deploy's settings are kept, and a
+/// rollback runs the target with the settings it ran with.
+#[tokio::test(start_paused = true)]
+async fn a_deploys_settings_are_kept_only_when_it_succeeds() {
+    let h = harness(1).await;
+    h.deploy("dev", "v1").await;
+    h.deploy("dev", "v2").await;
+    let project = h.engine.project("web").await.unwrap();
+    let mut bad = RunSettings::of(&project, project.stage("dev").unwrap());
+    bad.health.path = Some("/healthzz".into());
+    bad.port = Some(9999);
+    let mut req = DeployRequest::new("web", "dev", image("sick"));
+    req.settings = Some(bad);
+    let d = h.engine.deploy(req).await.unwrap();
+    assert_eq!(d.status, DeployStatus::Failed, "{d:#?}");
+    assert_eq!(
+        h.engine.project("web").await.unwrap(),
+        project,
+        "nothing kept"
+    );
+
+    // A good deploy with new settings keeps them.
+    let mut good = RunSettings::of(&project, project.stage("dev").unwrap());
+    good.env.insert("MODE".into(), "v3".into());
+    let mut req = DeployRequest::new("web", "dev", image("v3"));
+    req.settings = Some(good);
+    assert_eq!(
+        h.engine.deploy(req).await.unwrap().status,
+        DeployStatus::Succeeded
+    );
+    assert_eq!(h.engine.project("web").await.unwrap().env["MODE"], "v3");
+    // Rollback runs v2 as it ran: without MODE.
+    let d = h.engine.rollback("web", "dev").await.unwrap();
+    assert_eq!(d.status, DeployStatus::Succeeded, "{d:#?}");
+    assert_eq!(h.active("dev").await.tag, "v2");
+    assert!(
+        !h.engine
+            .project("web")
+            .await
+            .unwrap()
+            .env
+            .contains_key("MODE")
+    );
 }

@@ -111,6 +111,7 @@ pub fn sample_deployment(project: &str, stage: &str, started_at: Timestamp) -> D
         error: None,
         started_at,
         finished_at: Some(started_at + chrono::Duration::seconds(3)),
+        settings: None,
     }
 }
 
