@@ -144,7 +144,7 @@ impl Engine {
         if req.trigger == Trigger::Rollback {
             return Ok(tag);
         }
-        if !TagPattern::new(&stage.tag_pattern)?.matches(&tag) {
+        if !self.tag_matches(&stage.tag_pattern, &tag)? {
             return Err(Error::rejected(format!(
                 "tag {tag:?} does not match stage {:?}'s pattern {:?}",
                 stage.name, stage.tag_pattern
@@ -165,6 +165,23 @@ impl Engine {
             )));
         }
         Ok(tag)
+    }
+
+    /// Whether `tag` matches `pattern`; compiled patterns are kept (a glob compiles slowly
+    /// next to the rest of a deploy's own work).
+    fn tag_matches(&self, pattern: &str, tag: &str) -> Result<bool> {
+        let mut cache = self
+            .inner
+            .patterns
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !cache.contains_key(pattern) {
+            if cache.len() > 256 {
+                cache.clear();
+            }
+            cache.insert(pattern.to_owned(), TagPattern::new(pattern)?);
+        }
+        Ok(cache.get(pattern).is_some_and(|p| p.matches(tag)))
     }
 
     /// Whether `tag` runs, or ran successfully, in `stage`.
@@ -409,24 +426,6 @@ impl Engine {
             .network
             .clone()
             .unwrap_or_else(|| self.inner.settings.network.clone());
-        {
-            // Concurrent first deploys on one network would race to create it: take turns.
-            let lease = self
-                .lease(&format!("network/{network}"), t.create)
-                .await
-                .at(Step::Create)?;
-            let made = guard
-                .run(timed(
-                    || format!("network {network}"),
-                    t.create,
-                    rt.ensure_network(&network),
-                ))
-                .await;
-            if let Some(lease) = lease {
-                lease.release().await;
-            }
-            made.at(Step::Create)?;
-        }
         let stage_filter = InstanceFilter {
             project: Some(saga.project.name.clone()),
             stage: Some(saga.stage.name.clone()),
@@ -435,6 +434,26 @@ impl Engine {
             .list_instances_timed(&stage_filter)
             .await
             .at(Step::Create)?;
+        // The first deploy of a stage may be the first on its network, and concurrent first
+        // deploys would race to create it: they take turns. Later deploys find it made.
+        let lease = if existing.is_empty() {
+            self.lease(&format!("network/{network}"), t.create)
+                .await
+                .at(Step::Create)?
+        } else {
+            None
+        };
+        let made = guard
+            .run(timed(
+                || format!("network {network}"),
+                t.create,
+                rt.ensure_network(&network),
+            ))
+            .await;
+        if let Some(lease) = lease {
+            lease.release().await;
+        }
+        made.at(Step::Create)?;
         let previous = existing.iter().find(|i| i.active).cloned();
         saga.deployment.previous_instance = previous.as_ref().map(|i| i.id.clone());
 

@@ -81,6 +81,9 @@ impl ReconcileReport {
     }
 }
 
+/// How many of a stage's newest deployments reconcile reads.
+const RECENT: usize = 10;
+
 fn label<'a>(c: &'a ContainerInfo, key: &str) -> Option<&'a str> {
     c.labels.get(key).map(String::as_str)
 }
@@ -269,12 +272,13 @@ impl Engine {
         };
         let mut instances = self.list_instances_timed(&filter).await?;
 
-        // 1. Settle deployments a dead process left in progress.
+        // 1. Settle deployments a dead process left in progress. Every operation on a stage
+        // reconciles it first, under its lease, so a dead one is always among the newest few.
         let history = self
             .list_deployments_timed(&DeploymentFilter {
                 project: Some(project.name.clone()),
                 stage: Some(stage.name.clone()),
-                limit: Some(50),
+                limit: Some(RECENT),
             })
             .await?;
         let mut failed_deploys: BTreeSet<String> = history
@@ -282,6 +286,21 @@ impl Engine {
             .filter(|d| d.status == DeployStatus::Failed)
             .map(|d| d.id.clone())
             .collect();
+        // An inactive instance made by an older deploy: look that deploy up.
+        let seen: BTreeSet<String> = history.iter().map(|d| d.id.clone()).collect();
+        for inst in instances.iter().filter(|i| !i.active) {
+            if !seen.contains(&inst.deployment_id)
+                && self
+                    .stored(
+                        || "deployment read",
+                        store.get_deployment(&inst.deployment_id),
+                    )
+                    .await?
+                    .is_some_and(|d| d.status == DeployStatus::Failed)
+            {
+                failed_deploys.insert(inst.deployment_id.clone());
+            }
+        }
         for mut d in history
             .into_iter()
             .filter(|d| d.status == DeployStatus::InProgress)
@@ -513,7 +532,8 @@ impl Engine {
                     // Another project's or stage's domains can start with this stage's label
                     // (`stage-dev-web-` is a prefix of project `web-api`'s domains): those are
                     // never this stage's to remove.
-                    let foreign = self.foreign_domains(project, stage).await?;
+                    // (Read only when a route looks stale: usually none does.)
+                    let mut foreign: Option<BTreeSet<String>> = None;
                     for (domain, want) in &desired {
                         if current.get(domain.as_str()).map(|r| &r.upstream) != Some(&want.upstream)
                         {
@@ -525,9 +545,16 @@ impl Engine {
                     for r in &routes {
                         let ours = r.domain == stage_domain
                             || (r.domain.starts_with(&prefix) && r.domain.ends_with(&suffix));
-                        let owned_elsewhere = kept.iter().any(|i| i.domain == r.domain)
-                            || foreign.contains(&r.domain);
-                        if ours && !desired.contains_key(&r.domain) && !owned_elsewhere {
+                        if !ours
+                            || desired.contains_key(&r.domain)
+                            || kept.iter().any(|i| i.domain == r.domain)
+                        {
+                            continue;
+                        }
+                        if foreign.is_none() {
+                            foreign = Some(self.foreign_domains(project, stage).await?);
+                        }
+                        if !foreign.as_ref().is_some_and(|f| f.contains(&r.domain)) {
                             timed(
                                 || format!("route removal {}", r.domain),
                                 t,

@@ -143,18 +143,18 @@ impl Store for MemoryStore {
     }
 
     async fn list_deployments(&self, filter: &DeploymentFilter) -> Result<Vec<Deployment>> {
-        let mut out: Vec<Deployment> = self
-            .lock()
+        let inner = self.lock();
+        // Sort and cut references; clone only what is returned.
+        let mut out: Vec<&Deployment> = inner
             .deployments
             .values()
             .filter(|d| matches(&filter.project, &d.project) && matches(&filter.stage, &d.stage))
-            .cloned()
             .collect();
         out.sort_by(|a, b| (b.started_at, &b.id).cmp(&(a.started_at, &a.id)));
         if let Some(limit) = filter.limit {
             out.truncate(limit);
         }
-        Ok(out)
+        Ok(out.into_iter().cloned().collect())
     }
 
     async fn get_setting(&self, key: &str) -> Result<Option<String>> {
