@@ -479,6 +479,16 @@ pub(crate) fn history_table(list: &[Deployment], width: usize) -> Vec<String> {
 
 /// Tell a person what reconcile repaired (quietly: only when something was repaired).
 pub(crate) fn print_reconcile(r: &ReconcileReport, always: bool) {
+    match reconcile_summary(r) {
+        None if always => outln!("nothing to repair"),
+        None => {}
+        Some(line) if always => outln!("{line}"),
+        Some(line) => errln!("{line}"),
+    }
+}
+
+/// One line saying every repair made and every problem found (`None`: nothing at all).
+fn reconcile_summary(r: &ReconcileReport) -> Option<String> {
     let mut parts = Vec::new();
     let mut add = |what: &str, v: &Vec<String>| {
         if !v.is_empty() {
@@ -504,20 +514,39 @@ pub(crate) fn print_reconcile(r: &ReconcileReport, always: bool) {
             if n == 1 { "s" } else { "" }
         ));
     }
-    if parts.is_empty() {
-        if always {
-            outln!("nothing to repair");
-        }
-    } else if always {
-        outln!("reconciled: {}", parts.join("; "));
-    } else {
-        errln!("reconciled: {}", parts.join("; "));
-    }
+    (!parts.is_empty()).then(|| format!("reconciled: {}", parts.join("; ")))
 }
 
 /// Whether to draw progress (stderr is a terminal).
 pub(crate) fn progress_enabled() -> bool {
     std::io::stderr().is_terminal()
+}
+
+#[cfg(test)]
+mod reconcile_tests {
+    use super::*;
+
+    /// A vanished active container is a problem found: said in human output, as in `--json`.
+    #[test]
+    fn every_repair_and_problem_is_said() {
+        assert_eq!(reconcile_summary(&ReconcileReport::default()), None);
+        let r = ReconcileReport {
+            missing: vec!["3f2a9c1b7d4e".into()],
+            foreign: vec!["a".into(), "b".into()],
+            updated: vec!["77aa".into()],
+            ..ReconcileReport::default()
+        };
+        let line = reconcile_summary(&r).expect("something to say");
+        assert!(
+            line.contains("missing") && line.contains("3f2a9c1b7d4e"),
+            "{line}"
+        );
+        assert!(
+            line.contains("2 containers belong to another Skipper store"),
+            "{line}"
+        );
+        assert!(line.contains("corrected from the runtime: 77aa"), "{line}");
+    }
 }
 
 #[cfg(test)]

@@ -1573,3 +1573,17 @@ async fn a_deploys_settings_are_kept_only_when_it_succeeds() {
             .contains_key("MODE")
     );
 }
+
+/// `rm` of an instance whose container was recreated by hand removes the container that is
+/// really there (before, it removed the stale id, said "removed", and the container ran on).
+#[tokio::test(start_paused = true)]
+async fn rm_removes_a_container_recreated_by_hand() {
+    let h = harness(1).await;
+    h.deploy("dev", "v1").await;
+    let v1 = h.active("dev").await;
+    h.rt.recreate_behind_back(v1.container_id.as_deref().unwrap())
+        .unwrap();
+    h.engine.remove_instance(&v1.id).await.unwrap();
+    assert!(h.rt.containers().is_empty(), "{:?}", h.rt.containers());
+    assert!(h.instances("dev").await.is_empty());
+}
