@@ -461,7 +461,19 @@ impl Engine {
         let (p, s) = (&saga.project.name, &saga.stage.name);
         let tag = saga.deployment.tag.clone();
         let id = new_id();
-        let taken = |d: &str| existing.iter().any(|i| i.domain == d);
+        // Only the instances that stay beside the new one keep their domains: one that this
+        // deploy retires (max_instances 1, the same tag again) hands its domain over in place.
+        let staying = {
+            let max = saga.stage.max_instances.max(1) as usize;
+            let mut live: Vec<&Instance> = existing
+                .iter()
+                .filter(|i| i.state != InstanceState::Retiring)
+                .collect();
+            live.sort_by_key(|i| i.created_at);
+            let excess = (live.len() + 1).saturating_sub(max);
+            live.split_off(excess.min(live.len()))
+        };
+        let taken = |d: &str| staying.iter().any(|i| i.domain == d);
         let mut domain = domains.instance_domain(p, s, &tag, false);
         if taken(&domain) {
             // Two tags that sanitise alike (v1.0 / v1-0) get a hash; the same tag twice (with
