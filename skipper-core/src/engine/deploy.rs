@@ -82,6 +82,21 @@ pub(crate) fn container_name(project: &str, stage: &str, instance: &str) -> Stri
     format!("skipper-{project}-{stage}-{instance}")
 }
 
+/// A stage's instances split for a new deploy: the oldest past `max_instances` (counting the
+/// new one), which it retires, and those that stay beside it (oldest first). Instances already
+/// retiring are in neither.
+fn split_retiring(existing: &[Instance], max_instances: u32) -> (Vec<Instance>, Vec<Instance>) {
+    let mut live: Vec<Instance> = existing
+        .iter()
+        .filter(|i| i.state != InstanceState::Retiring)
+        .cloned()
+        .collect();
+    live.sort_by_key(|i| i.created_at);
+    let excess = (live.len() + 1).saturating_sub(max_instances.max(1) as usize);
+    let staying = live.split_off(excess.min(live.len()));
+    (live, staying)
+}
+
 /// The digest of `image`'s own repository among an image's `RepoDigests` (`repo@sha256:…`). An
 /// image also pushed elsewhere carries other repositories' digests, which are no use to pull
 /// this one by.
@@ -463,17 +478,8 @@ impl Engine {
         let id = new_id();
         // Only the instances that stay beside the new one keep their domains: one that this
         // deploy retires (max_instances 1, the same tag again) hands its domain over in place.
-        let staying = {
-            let max = saga.stage.max_instances.max(1) as usize;
-            let mut live: Vec<&Instance> = existing
-                .iter()
-                .filter(|i| i.state != InstanceState::Retiring)
-                .collect();
-            live.sort_by_key(|i| i.created_at);
-            let excess = (live.len() + 1).saturating_sub(max);
-            live.split_off(excess.min(live.len()))
-        };
-        let taken = |d: &str| staying.iter().any(|i| i.domain == d);
+        let (retire, mut others) = split_retiring(&existing, saga.stage.max_instances);
+        let taken = |d: &str| others.iter().any(|i| i.domain == d);
         let mut domain = domains.instance_domain(p, s, &tag, false);
         if taken(&domain) {
             // Two tags that sanitise alike (v1.0 / v1-0) get a hash; the same tag twice (with
@@ -685,14 +691,6 @@ impl Engine {
         // 6. Commit: the new instance is active, the oldest past max_instances retire. One
         // fenced write: a holder that lost its lease cannot commit.
         guard.check().at(Step::Commit)?;
-        let max = saga.stage.max_instances.max(1) as usize;
-        let mut others: Vec<Instance> = existing
-            .into_iter()
-            .filter(|i| i.state != InstanceState::Retiring)
-            .collect();
-        others.sort_by_key(|i| i.created_at);
-        let excess = (others.len() + 1).saturating_sub(max);
-        let retire: Vec<Instance> = others.drain(..excess).collect();
         let now = Utc::now();
         instance.state = InstanceState::Running;
         instance.active = true;

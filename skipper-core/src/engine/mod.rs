@@ -484,20 +484,10 @@ impl Engine {
             return Ok(instances);
         }
         let containers = self.managed_containers(&self.managed_selector()).await?;
-        let by_id: HashMap<&str, &crate::backend::ContainerInfo> =
-            containers.iter().map(|c| (c.id.as_str(), c)).collect();
-        let by_instance: HashMap<&str, &crate::backend::ContainerInfo> = containers
-            .iter()
-            .filter_map(|c| c.labels.get(labels::INSTANCE).map(|i| (i.as_str(), c)))
-            .collect();
+        let index = reconcile::ContainerIndex::new(&containers);
         let mut live_leases: HashMap<String, bool> = HashMap::new();
         for inst in &mut instances {
-            let container = inst
-                .container_id
-                .as_deref()
-                .and_then(|id| by_id.get(id))
-                .or_else(|| by_instance.get(inst.id.as_str()))
-                .copied();
+            let container = index.of(inst);
             if inst.state == InstanceState::Starting {
                 let key = lock::stage_key(&inst.project, &inst.stage);
                 let live = match live_leases.get(&key) {

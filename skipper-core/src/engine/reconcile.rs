@@ -81,6 +81,33 @@ impl ReconcileReport {
     }
 }
 
+/// Containers by id and by instance label: an instance's container is the one with its
+/// recorded id, else the one labelled with its id (recreated by hand, or not yet recorded).
+pub(crate) struct ContainerIndex<'a> {
+    by_id: BTreeMap<&'a str, &'a ContainerInfo>,
+    by_instance: BTreeMap<&'a str, &'a ContainerInfo>,
+}
+
+impl<'a> ContainerIndex<'a> {
+    pub(crate) fn new(containers: &'a [ContainerInfo]) -> Self {
+        Self {
+            by_id: containers.iter().map(|c| (c.id.as_str(), c)).collect(),
+            by_instance: containers
+                .iter()
+                .filter_map(|c| label(c, labels::INSTANCE).map(|i| (i, c)))
+                .collect(),
+        }
+    }
+
+    pub(crate) fn of(&self, inst: &Instance) -> Option<&'a ContainerInfo> {
+        inst.container_id
+            .as_deref()
+            .and_then(|id| self.by_id.get(id))
+            .or_else(|| self.by_instance.get(inst.id.as_str()))
+            .copied()
+    }
+}
+
 /// How many of a stage's newest deployments reconcile reads.
 const RECENT: usize = 10;
 
@@ -347,21 +374,11 @@ impl Engine {
         }
 
         // 2. Instances against containers.
-        let by_id: BTreeMap<&str, &ContainerInfo> =
-            containers.iter().map(|c| (c.id.as_str(), c)).collect();
-        let by_instance: BTreeMap<&str, &ContainerInfo> = containers
-            .iter()
-            .filter_map(|c| label(c, labels::INSTANCE).map(|i| (i, c)))
-            .collect();
+        let index = ContainerIndex::new(&containers);
         let mut known_containers = BTreeSet::new();
         let mut kept = Vec::new();
         for mut inst in instances {
-            let container = inst
-                .container_id
-                .as_deref()
-                .and_then(|id| by_id.get(id))
-                .or_else(|| by_instance.get(inst.id.as_str()))
-                .copied();
+            let container = index.of(&inst);
             if let Some(c) = container {
                 known_containers.insert(c.id.clone());
             }
