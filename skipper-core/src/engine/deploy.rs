@@ -459,7 +459,7 @@ impl Engine {
             None
         };
         let made = guard
-            .run(timed(
+            .whole(timed(
                 || format!("network {network}"),
                 t.create,
                 rt.ensure_network(&network),
@@ -546,7 +546,7 @@ impl Engine {
         saga.undo
             .push((Step::Create, Undo::RemoveContainer(spec.name.clone())));
         let container_id = guard
-            .run(timed(
+            .whole(timed(
                 || format!("create of {}", spec.name),
                 t.create,
                 rt.create_container(&spec),
@@ -570,7 +570,7 @@ impl Engine {
 
         // 4. Start and health-gate.
         guard
-            .run(timed(
+            .whole(timed(
                 || format!("start of {}", instance.container_name),
                 t.start,
                 rt.start_container(&container_id),
@@ -636,7 +636,7 @@ impl Engine {
                 },
             ));
             guard
-                .run(timed(
+                .whole(timed(
                     || format!("route {}", route.domain),
                     t.route,
                     proxy.ensure_route(&route),
@@ -666,7 +666,7 @@ impl Engine {
                 },
             ));
             guard
-                .run(timed(
+                .whole(timed(
                     || format!("route {stage_domain}"),
                     t.route,
                     proxy.ensure_route(&route),

@@ -356,6 +356,18 @@ impl Guard {
         }
     }
 
+    /// Run a call that changes the world to its end, once the operation may go on: a create,
+    /// start or route call is never cut short, because a dropped call may still act after its
+    /// undo ran (a container created after its removal by name found nothing). Such calls are
+    /// short and bounded by their own timeouts; waits (pull, health gate) use [`Guard::run`].
+    pub(crate) async fn whole<T>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        self.check()?;
+        fut.await
+    }
+
     /// Run `fut` unless the operation must stop first (then `fut` is dropped: a call cut short
     /// may still have acted, which is why every undo is pushed before its action).
     pub(crate) async fn run<T>(
