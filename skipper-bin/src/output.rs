@@ -610,6 +610,7 @@ mod tests {
             started_at: Utc::now(),
             finished_at: None,
             settings: None,
+            correlation_id: None,
         }
     }
 

@@ -57,8 +57,8 @@ pub use backend::{
     PullProgress, PulledImage, Registry, Route, RunState, Runtime, Store,
 };
 pub use engine::{
-    DeployRequest, Engine, EngineBuilder, EngineSettings, Lease, PullPolicy, QuickDefaults,
-    ReconcileReport, StepTimeouts, UpstreamTarget,
+    Activity, DeployRequest, Engine, EngineBuilder, EngineSettings, Lease, PullPolicy,
+    QuickDefaults, ReconcileReport, StepTimeouts, UpstreamTarget,
 };
 pub use error::{Error, ErrorKind, Result};
 pub use model::{

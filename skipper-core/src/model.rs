@@ -709,6 +709,9 @@ pub struct Deployment {
     /// written before Skipper kept them.
     #[serde(default)]
     pub settings: Option<RunSettings>,
+    /// The correlation id of whoever asked for it (an API request's `x-correlation-id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
 }
 
 /// The project settings a deployment ran with: what a deploy's flags can change.

@@ -44,6 +44,25 @@ struct Saga {
     fence: Fence,
     /// Settings to keep as the project's once the deploy succeeded.
     keep: Option<RunSettings>,
+    /// The engine's activity feed: every logged step goes there too.
+    activity: tokio::sync::broadcast::Sender<super::Activity>,
+}
+
+impl Saga {
+    /// Log a step in the deployment and tell the activity feed.
+    fn log(&mut self, step: Step, status: StepStatus, message: impl Into<String>) {
+        self.deployment.log(step, status, message);
+        if self.activity.receiver_count() > 0
+            && let Some(record) = self.deployment.steps.last()
+        {
+            let _ = self.activity.send(super::Activity::Step {
+                deployment_id: self.deployment.id.clone(),
+                project: self.deployment.project.clone(),
+                stage: self.deployment.stage.clone(),
+                record: record.clone(),
+            });
+        }
+    }
 }
 
 /// What the commit decided: the new instance serves; these are retired.
@@ -247,7 +266,7 @@ impl Engine {
         guard.check()?;
 
         let mut deployment = Deployment {
-            id: new_id(),
+            id: req.id.clone().unwrap_or_else(new_id),
             project: project.name.clone(),
             stage: stage.name.clone(),
             image: req.image.clone(),
@@ -263,6 +282,7 @@ impl Engine {
             started_at: Utc::now(),
             finished_at: None,
             settings: Some(RunSettings::of(&project, &stage)),
+            correlation_id: req.correlation_id.clone(),
         };
         deployment.log(
             Step::Validate,
@@ -272,6 +292,7 @@ impl Engine {
         let fence = lease.fence();
         self.write(&fence, &[], Some(&deployment)).await?;
         tracing::info!(deployment = %deployment.id, project = %project.name, stage = %stage.name, image = %req.image, "deploy started");
+        self.publish(super::Activity::Started(Box::new(deployment.clone())));
 
         let mut saga = Saga {
             project,
@@ -280,11 +301,14 @@ impl Engine {
             undo: Vec::new(),
             fence,
             keep: req.settings.clone(),
+            activity: self.inner.activity.clone(),
         };
-        match self.run_steps(&mut saga, &req, &guard).await {
-            Ok(committed) => Ok(self.roll_forward(saga, committed, &guard).await),
-            Err(failed) => Ok(self.fail(saga, failed, &guard).await),
-        }
+        let done = match self.run_steps(&mut saga, &req, &guard).await {
+            Ok(committed) => self.roll_forward(saga, committed, &guard).await,
+            Err(failed) => self.fail(saga, failed, &guard).await,
+        };
+        self.publish(super::Activity::Finished(Box::new(done.clone())));
+        Ok(done)
     }
 
     /// Why this operation must stop: the lease, the request's token, shutdown.
@@ -372,7 +396,7 @@ impl Engine {
                 .at(Step::Pull)?,
         };
         if present {
-            saga.deployment.log(
+            saga.log(
                 Step::Pull,
                 StepStatus::Skipped,
                 format!("{image} is present"),
@@ -394,7 +418,7 @@ impl Engine {
             if saga.deployment.digest.is_none() {
                 saga.deployment.digest = pulled.digest.clone();
             }
-            saga.deployment.log(
+            saga.log(
                 Step::Pull,
                 StepStatus::Done,
                 format!(
@@ -473,7 +497,8 @@ impl Engine {
         saga.deployment.previous_instance = previous.as_ref().map(|i| i.id.clone());
 
         let domains = &self.inner.settings.domains;
-        let (p, s) = (&saga.project.name, &saga.stage.name);
+        let (p, s) = (saga.project.name.clone(), saga.stage.name.clone());
+        let (p, s) = (&p, &s);
         let tag = saga.deployment.tag.clone();
         let id = new_id();
         // Only the instances that stay beside the new one keep their domains: one that this
@@ -554,7 +579,7 @@ impl Engine {
             .await
             .at(Step::Create)?;
         instance.container_id = Some(container_id.clone());
-        saga.deployment.log(
+        saga.log(
             Step::Create,
             StepStatus::Done,
             format!("created {}", instance.container_name),
@@ -577,7 +602,7 @@ impl Engine {
             ))
             .await
             .at(Step::Start)?;
-        saga.deployment.log(
+        saga.log(
             Step::Start,
             StepStatus::Done,
             format!("started {}", instance.container_name),
@@ -605,7 +630,7 @@ impl Engine {
         instance.address = info.published.clone();
         instance.upstream =
             port.map(|port| self.upstream_for(&instance.container_name, port, Some(&info)));
-        saga.deployment.log(
+        saga.log(
             Step::Health,
             StepStatus::Done,
             format!("healthy by {}", gate.describe()),
@@ -643,7 +668,7 @@ impl Engine {
                 ))
                 .await
                 .at(Step::Route)?;
-            saga.deployment.log(
+            saga.log(
                 Step::Route,
                 StepStatus::Done,
                 format!("{} → {upstream}", route.domain),
@@ -673,7 +698,7 @@ impl Engine {
                 ))
                 .await
                 .at(Step::Switch)?;
-            saga.deployment.log(
+            saga.log(
                 Step::Switch,
                 StepStatus::Done,
                 format!("{stage_domain} → {upstream}"),
@@ -684,8 +709,8 @@ impl Engine {
             } else {
                 "no port to route"
             };
-            saga.deployment.log(Step::Route, StepStatus::Skipped, why);
-            saga.deployment.log(Step::Switch, StepStatus::Skipped, why);
+            saga.log(Step::Route, StepStatus::Skipped, why);
+            saga.log(Step::Switch, StepStatus::Skipped, why);
         }
 
         // 6. Commit: the new instance is active, the oldest past max_instances retire. One
@@ -711,7 +736,7 @@ impl Engine {
             writes.push(r);
         }
         saga.deployment.replaced = retire.iter().map(|i| i.id.clone()).collect();
-        saga.deployment.log(
+        saga.log(
             Step::Commit,
             StepStatus::Done,
             format!("{} is active", instance.id),
@@ -725,7 +750,7 @@ impl Engine {
             return match self.landed(&instance).await {
                 Ok(true) => {
                     tracing::warn!(deployment = %saga.deployment.id, error = %error.chain(), "the commit landed although its write reported an error");
-                    saga.deployment.log(
+                    saga.log(
                         Step::Commit,
                         StepStatus::Done,
                         format!(
@@ -790,7 +815,7 @@ impl Engine {
         let rt = self.inner.runtime.clone();
         let t = self.inner.settings.timeouts.clone();
         if c.retire.is_empty() {
-            saga.deployment.log(
+            saga.log(
                 Step::Retire,
                 StepStatus::Skipped,
                 format!("{} instance(s) allowed", saga.stage.max_instances.max(1)),
@@ -806,7 +831,7 @@ impl Engine {
         let mut removable = Vec::new();
         for old in &c.retire {
             if guard.lease_lost() {
-                saga.deployment.log(
+                saga.log(
                     Step::Retire,
                     StepStatus::Failed,
                     format!(
@@ -844,7 +869,7 @@ impl Engine {
             }
             match problem {
                 None => {
-                    saga.deployment.log(
+                    saga.log(
                         Step::Retire,
                         StepStatus::Done,
                         format!("stopped {} ({})", old.id, old.tag),
@@ -853,7 +878,7 @@ impl Engine {
                 }
                 Some(e) => {
                     tracing::warn!(instance = %old.id, error = %e.chain(), "retiring failed; reconcile finishes it");
-                    saga.deployment.log(
+                    saga.log(
                         Step::Retire,
                         StepStatus::Failed,
                         format!(
@@ -867,13 +892,13 @@ impl Engine {
         }
 
         // 8. Record.
-        let d = &mut saga.deployment;
-        d.status = DeployStatus::Succeeded;
-        d.log(
+        saga.deployment.status = DeployStatus::Succeeded;
+        saga.log(
             Step::Record,
             StepStatus::Done,
             format!("{} is live", c.instance.id),
         );
+        let d = &mut saga.deployment;
         d.finished_at = Some(Utc::now());
         if let Err(e) = self.write(&saga.fence, &[], Some(d)).await {
             tracing::warn!(deployment = %d.id, error = %e.chain(), "could not record the deploy's success; reconcile completes the record");
@@ -1053,11 +1078,11 @@ impl Engine {
             unknown,
         } = failed;
         tracing::warn!(deployment = %saga.deployment.id, %step, error = %error.chain(), "deploy failed; rolling back");
-        saga.deployment.log(step, StepStatus::Failed, error.chain());
+        saga.log(step, StepStatus::Failed, error.chain());
         if unknown {
             // The commit may or may not have landed: undoing either way could take down what
             // serves. Leave both versions as they are; reconcile reads the store and decides.
-            saga.deployment.log(
+            saga.log(
                 step,
                 StepStatus::Failed,
                 "the commit's outcome is unknown: nothing rolled back; the stage's next \
@@ -1126,7 +1151,7 @@ impl Engine {
                     .await,
                 ),
                 Undo::RestoreRoute { domain, .. } if lease_lost => {
-                    saga.deployment.log(
+                    saga.log(
                         step,
                         StepStatus::Skipped,
                         format!("route {domain} left to the stage's next operation (lease lost)"),
@@ -1151,10 +1176,10 @@ impl Engine {
                 }
             };
             match r {
-                Ok(()) => saga.deployment.log(step, StepStatus::Undone, what),
+                Ok(()) => saga.log(step, StepStatus::Undone, what),
                 Err(e) => {
                     tracing::error!(action = %what, error = %e.chain(), "rollback action failed; reconcile will repair");
-                    saga.deployment.log(
+                    saga.log(
                         step,
                         StepStatus::Failed,
                         format!("rollback: {what} failed: {}", e.chain()),

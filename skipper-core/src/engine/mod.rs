@@ -29,7 +29,9 @@ use crate::backend::{
     ProxyManager, Registry, Runtime, Store,
 };
 use crate::error::{Error, ErrorKind, Result};
-use crate::model::{Deployment, Event, Instance, InstanceState, Project, Trigger, labels};
+use crate::model::{
+    Deployment, Event, Instance, InstanceState, Project, StepRecord, Trigger, labels,
+};
 use crate::reference::ImageRef;
 use crate::subdomain::DomainScheme;
 
@@ -165,6 +167,12 @@ pub struct DeployRequest {
     /// `--health-path`, `--env`, `--max-instances`). They become the project's settings only
     /// when the deploy succeeds: a failed deploy changes nothing.
     pub settings: Option<crate::model::RunSettings>,
+    /// The deployment's id, chosen by the caller (a server answers with it before the deploy
+    /// ends). `None`: the engine makes one.
+    pub id: Option<String>,
+    /// The correlation id of whoever asked (an API request's `x-correlation-id`), kept in the
+    /// deployment record and its events.
+    pub correlation_id: Option<String>,
 }
 
 impl DeployRequest {
@@ -180,6 +188,8 @@ impl DeployRequest {
             progress: None,
             cancel: None,
             settings: None,
+            id: None,
+            correlation_id: None,
         }
     }
 
@@ -269,6 +279,7 @@ impl EngineBuilder {
                 tracker: TaskTracker::new(),
                 shutdown: CancellationToken::new(),
                 closing: AtomicBool::new(false),
+                activity: tokio::sync::broadcast::channel(ACTIVITY_BUFFER).0,
             }),
         }
     }
@@ -288,6 +299,35 @@ struct Inner {
     tracker: TaskTracker,
     shutdown: CancellationToken,
     closing: AtomicBool,
+    activity: tokio::sync::broadcast::Sender<Activity>,
+}
+
+/// How many activity items a slow subscriber may fall behind before it misses some (it is told,
+/// with [`tokio::sync::broadcast::error::RecvError::Lagged`], and can read the store instead).
+const ACTIVITY_BUFFER: usize = 1024;
+
+/// What the engine is doing, as it happens: for live views (a server's event streams, a
+/// dashboard). Records in the store stay the truth; this is the feed of their changes.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Activity {
+    /// A deployment was recorded and runs (its first step, validate, is done).
+    Started(Box<Deployment>),
+    /// A step of a running deployment was logged.
+    Step {
+        /// The deployment.
+        deployment_id: String,
+        /// The project.
+        project: String,
+        /// The stage.
+        stage: String,
+        /// The step's record.
+        record: StepRecord,
+    },
+    /// A deployment ended (succeeded or failed); the final record.
+    Finished(Box<Deployment>),
+    /// An event went to the notifiers (deploys, new versions, repairs, removals).
+    Event(Box<Event>),
 }
 
 /// The deploy engine. Cheap to clone; clones share everything.
@@ -722,7 +762,19 @@ impl Engine {
     }
 
     /// Deliver an event to every notifier; failures are logged, never returned.
+    /// Subscribe to the engine's [`Activity`]: deployments starting, their steps, their ends,
+    /// and every event sent to the notifiers, as they happen.
+    pub fn activity(&self) -> tokio::sync::broadcast::Receiver<Activity> {
+        self.inner.activity.subscribe()
+    }
+
+    /// Tell the activity feed (nobody listening is fine).
+    pub(crate) fn publish(&self, activity: Activity) {
+        let _ = self.inner.activity.send(activity);
+    }
+
     async fn notify(&self, event: Event) {
+        self.publish(Activity::Event(Box::new(event.clone())));
         for n in &self.inner.notifiers {
             let r = timed(
                 || "notification".into(),

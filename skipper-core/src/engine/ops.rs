@@ -367,6 +367,7 @@ impl Engine {
             started_at: now,
             finished_at: None,
             settings: Some(crate::model::RunSettings::of(project, stage)),
+            correlation_id: None,
         };
         d.log(
             Step::Validate,
@@ -374,6 +375,7 @@ impl Engine {
             format!("{} still runs as {}", to.tag, to.id),
         );
         self.write(&fence, &[], Some(&d)).await?;
+        self.publish(super::Activity::Started(Box::new(d.clone())));
         if let (Some(proxy), Some(upstream)) = (&self.inner.proxy, &to.upstream) {
             let domain = self.inner.settings.domains.stage_domain(
                 &project.name,
@@ -420,6 +422,7 @@ impl Engine {
                 d.finished_at = Some(Utc::now());
                 self.stored(|| "deployment write", store.put_deployment(&d))
                     .await?;
+                self.publish(super::Activity::Finished(Box::new(d.clone())));
                 return Ok(d);
             }
             d.log(
@@ -447,6 +450,7 @@ impl Engine {
             format!("{} is active again", to.id),
         );
         self.write(&fence, &writes, Some(&d)).await?;
+        self.publish(super::Activity::Finished(Box::new(d.clone())));
         let message = format!("{}/{} rolled back to {}", project.name, stage.name, to.tag);
         let url = self.url_of(project, stage, to);
         self.notify(Event::for_deployment(EventKind::RolledBack, &d, message).with_url(url))

@@ -1587,3 +1587,62 @@ async fn rm_removes_a_container_recreated_by_hand() {
     assert!(h.rt.containers().is_empty(), "{:?}", h.rt.containers());
     assert!(h.instances("dev").await.is_empty());
 }
+
+/// The activity feed tells a live view what happens: the deployment (with the caller's id and
+/// correlation id) starts, each step as it is logged, the end with the final record, and the
+/// events the notifiers got. A failed deploy ends in `Finished` too.
+#[tokio::test(start_paused = true)]
+async fn the_activity_feed_shows_a_deploy_as_it_happens() {
+    let h = harness(1).await;
+    let mut feed = h.engine.activity();
+    let mut req = DeployRequest::new("web", "dev", image("v1"));
+    req.id = Some("d-chosen".into());
+    req.correlation_id = Some("ci-run-7".into());
+    let d = h.engine.deploy(req).await.unwrap();
+    assert_eq!(d.id, "d-chosen");
+    assert_eq!(d.correlation_id.as_deref(), Some("ci-run-7"));
+    let stored = h.engine.store().get_deployment("d-chosen").await.unwrap();
+    assert_eq!(stored.unwrap().correlation_id.as_deref(), Some("ci-run-7"));
+
+    let mut seen = Vec::new();
+    while let Ok(a) = feed.try_recv() {
+        seen.push(a);
+    }
+    assert!(
+        matches!(&seen[0], Activity::Started(d) if d.id == "d-chosen" && d.status == DeployStatus::InProgress),
+        "{seen:?}"
+    );
+    let steps: Vec<Step> = seen
+        .iter()
+        .filter_map(|a| match a {
+            Activity::Step {
+                deployment_id,
+                record,
+                ..
+            } if deployment_id == "d-chosen" => Some(record.step),
+            _ => None,
+        })
+        .collect();
+    let logged: Vec<Step> = d.steps.iter().skip(1).map(|r| r.step).collect();
+    assert_eq!(steps, logged, "every step after validate, in order");
+    let finished = seen
+        .iter()
+        .position(|a| matches!(a, Activity::Finished(f) if f.status == DeployStatus::Succeeded));
+    let event = seen
+        .iter()
+        .position(|a| matches!(a, Activity::Event(e) if e.kind == EventKind::DeploySucceeded));
+    assert!(finished.is_some() && event.is_some(), "{seen:?}");
+
+    let mut feed = h.engine.activity();
+    let failed = h.deploy("dev", "sick").await;
+    assert_eq!(failed.status, DeployStatus::Failed);
+    let mut ended = None;
+    while let Ok(a) = feed.try_recv() {
+        if let Activity::Finished(f) = a {
+            ended = Some(f);
+        }
+    }
+    let ended = ended.expect("a failed deploy ends in Finished");
+    assert_eq!(ended.id, failed.id);
+    assert!(ended.error.is_some());
+}

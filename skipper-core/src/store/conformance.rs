@@ -112,6 +112,7 @@ pub fn sample_deployment(project: &str, stage: &str, started_at: Timestamp) -> D
         started_at,
         finished_at: Some(started_at + chrono::Duration::seconds(3)),
         settings: None,
+        correlation_id: None,
     }
 }
 
