@@ -65,6 +65,9 @@ pub struct GlobalConfig {
     pub notification_url: Option<SecretUrl>,
     /// How often `watch` polls registries.
     pub poll_interval: Duration,
+    /// A pushed image of no known project is quick-deployed (from the image's own metadata)
+    /// by the server's webhook, instead of being ignored.
+    pub auto_create: bool,
 }
 
 /// A URL that is a secret (a webhook URL carrying its token in the path or query): `Debug` and
@@ -108,6 +111,7 @@ impl Default for GlobalConfig {
             subdomain_pattern: subdomain::DEFAULT_PATTERN.into(),
             notification_url: None,
             poll_interval: Duration::from_secs(300),
+            auto_create: false,
         }
     }
 }
@@ -208,6 +212,8 @@ struct RawGlobal {
     subdomain_pattern: Option<Spanned<String>>,
     notification_url: Option<Spanned<String>>,
     poll_interval: Option<Spanned<String>>,
+    #[serde(default)]
+    auto_create: bool,
     /// Accepted for compatibility with Docker Watcher seed files; unused.
     #[serde(default)]
     #[allow(dead_code, reason = "accepted so Docker Watcher seed files load")]
@@ -365,6 +371,103 @@ impl Config {
         Self::from_raw(raw, text)
     }
 
+    /// One project from its JSON (or YAML) document, the fields of a project in
+    /// `skipper.yaml`, validated as the config file is; `registries` are the names a
+    /// `registry:` may refer to. Errors name the field (`projects.web.port`).
+    pub fn parse_project(
+        name: &str,
+        document: &str,
+        registries: &BTreeMap<String, RegistrySettings>,
+    ) -> Result<Project> {
+        let text = format!(
+            "{{\"projects\": {{{}: {document}}}}}",
+            serde_json::Value::String(name.to_owned())
+        );
+        let mut raw: RawConfig = serde_saphyr::from_str(&text).map_err(|e| {
+            let message = e.to_string();
+            Error::Config {
+                field: format!("projects.{name}"),
+                line: None,
+                message: message
+                    .lines()
+                    .next()
+                    .unwrap_or("invalid document")
+                    .to_owned(),
+            }
+        })?;
+        let p = raw
+            .projects
+            .remove(name)
+            .ok_or_else(|| Error::rejected(format!("no project {name:?} in the document")))?;
+        validate_name("project name", name).map_err(at(format!("projects.{name}"), None))?;
+        build_project(name, p, registries, &text, 1)
+    }
+
+    /// A project as the document `skipper.yaml` (and the API) holds: its fields, stages by
+    /// name, durations as `"30s"`. [`Config::parse_project`] reads it back to the same project.
+    pub fn project_document(project: &Project) -> serde_json::Value {
+        let h = &project.health;
+        let stages: serde_json::Map<String, serde_json::Value> = project
+            .stages
+            .values()
+            .map(|s| {
+                let mut v = serde_json::json!({
+                    "tag_pattern": s.tag_pattern,
+                    "auto_deploy": s.auto_deploy,
+                    "max_instances": s.max_instances,
+                    "confirm": s.confirm,
+                });
+                if let Some(p) = &s.promote_from {
+                    v["promote_from"] = p.clone().into();
+                }
+                if let Some(d) = &s.subdomain {
+                    v["subdomain"] = d.clone().into();
+                }
+                (s.name.clone(), v)
+            })
+            .collect();
+        let d = |d: Duration| humantime::format_duration(d).to_string();
+        let mut health = serde_json::json!({
+            "interval": d(h.interval),
+            "timeout": d(h.timeout),
+            "deadline": d(h.deadline),
+            "settle": d(h.settle),
+        });
+        if let Some(p) = &h.path {
+            health["path"] = p.clone().into();
+        }
+        let mut v = serde_json::json!({
+            "image": project.image,
+            "healthcheck": health,
+            "env": project.env,
+            "volumes": project.volumes,
+            "labels": project.labels,
+            "route": project.route,
+            "stages": stages,
+        });
+        if let Some(r) = &project.registry {
+            v["registry"] = r.clone().into();
+        }
+        if let Some(p) = project.port {
+            v["port"] = p.into();
+        }
+        if let Some(n) = &project.network {
+            v["network"] = n.clone().into();
+        }
+        v
+    }
+
+    /// `projects:` as YAML, for `skipper config export` (registries and secrets are not part
+    /// of it). [`Config::parse`] reads it back.
+    pub fn export_projects<'a>(projects: impl IntoIterator<Item = &'a Project>) -> String {
+        let map: serde_json::Map<String, serde_json::Value> = projects
+            .into_iter()
+            .map(|p| (p.name.clone(), Self::project_document(p)))
+            .collect();
+        let doc = serde_json::json!({ "projects": map });
+        serde_saphyr::to_string(&doc).unwrap_or_else(|_| doc.to_string())
+    }
+
     fn from_raw(raw: RawConfig, text: &str) -> Result<Self> {
         let mut global = GlobalConfig::default();
         if let Some(d) = raw.global.domain {
@@ -396,6 +499,8 @@ impl Config {
                     ),
                 })?;
         }
+
+        global.auto_create = raw.global.auto_create;
 
         let npm = raw
             .npm
@@ -859,5 +964,58 @@ projects:
         ] {
             assert!(Config::parse(text).is_err(), "{text:?}");
         }
+    }
+}
+
+#[cfg(test)]
+mod document_tests {
+    use super::*;
+
+    const YAML: &str = r#"
+projects:
+  web:
+    image: localhost:5000/team/web
+    port: 8080
+    healthcheck: { path: /health, deadline: 45s }
+    env: { A: "1" }
+    stages:
+      dev: { tag_pattern: "dev-*", auto_deploy: true }
+      prod: { tag_pattern: "v*", confirm: true, promote_from: dev, subdomain: launcher, max_instances: 2 }
+"#;
+
+    #[test]
+    fn a_project_document_reads_back_to_the_same_project() {
+        let c = Config::parse(YAML).unwrap();
+        let web = &c.projects["web"];
+        let doc = Config::project_document(web);
+        let back = Config::parse_project("web", &doc.to_string(), &c.registries).unwrap();
+        assert_eq!(&back, web);
+        let exported = Config::export_projects(c.projects.values());
+        assert_eq!(Config::parse(&exported).unwrap().projects, c.projects);
+    }
+
+    #[test]
+    fn a_bad_project_document_names_the_field() {
+        let none = BTreeMap::new();
+        for (doc, field) in [
+            (r#"{"image": "x/y", "port": 0}"#, "projects.web.port"),
+            (r#"{"image": "x/y:v1"}"#, "projects.web.image"),
+            (
+                r#"{"image": "x/y", "registry": "nope"}"#,
+                "projects.web.registry",
+            ),
+            (
+                r#"{"image": "x/y", "stages": {"a": {"tag_pattern": "["}}}"#,
+                "projects.web.stages.a.tag_pattern",
+            ),
+            (r#"{"image": "x/y", "bogus": 1}"#, "projects.web"),
+            (r#"{"image": "#, "projects.web"),
+        ] {
+            match Config::parse_project("web", doc, &none) {
+                Err(Error::Config { field: f, .. }) => assert_eq!(f, field, "{doc}"),
+                other => panic!("{doc}: {other:?}"),
+            }
+        }
+        assert!(Config::parse_project("Bad Name", r#"{"image": "x/y"}"#, &none).is_err());
     }
 }

@@ -42,6 +42,70 @@ impl Engine {
         self.instance_op(id, InstanceOp::Remove).await
     }
 
+    /// Delete a stage and everything it runs: each instance's routes, container and record
+    /// (the serving one last, so the stage's domain goes with it), then the stage itself.
+    /// Returns the project as it is now. An instance that cannot be removed stops it, with the
+    /// stage still there to try again.
+    pub async fn delete_stage(&self, project: &str, stage: &str) -> Result<crate::model::Project> {
+        let p = self.project(project).await?;
+        p.stage(stage)?;
+        self.remove_all(project, Some(stage)).await?;
+        let lease = self.project_lease(project).await?;
+        let r = async {
+            let mut p = self.project(project).await?;
+            p.stages.remove(stage);
+            self.put_project(&p).await?;
+            Ok(p)
+        }
+        .await;
+        lease.release().await;
+        r
+    }
+
+    /// Delete a project and everything it runs (every stage's instances, as
+    /// [`delete_stage`](Self::delete_stage) removes them), then its record.
+    pub async fn delete_project(&self, project: &str) -> Result<()> {
+        self.project(project).await?;
+        self.remove_all(project, None).await?;
+        let lease = self.project_lease(project).await?;
+        let r = self.inner.store.delete_project(project).await;
+        lease.release().await;
+        r
+    }
+
+    /// The lease under which a project's record is read, changed and written back.
+    pub(crate) async fn project_lease(&self, project: &str) -> Result<super::Lease> {
+        let wait = self
+            .inner
+            .settings
+            .lock_wait
+            .min(std::time::Duration::from_secs(60));
+        self.lease(&format!("project/{project}"), wait)
+            .await?
+            .ok_or_else(|| Error::Timeout {
+                what: format!("waiting for project {project:?} (another change holds it)"),
+                after: wait,
+            })
+    }
+
+    async fn remove_all(&self, project: &str, stage: Option<&str>) -> Result<()> {
+        let mut list = self
+            .instances(&InstanceFilter {
+                project: Some(project.to_owned()),
+                stage: stage.map(str::to_owned),
+            })
+            .await?;
+        list.sort_by_key(|i| i.active);
+        for i in list {
+            match self.remove_instance(&i.id).await {
+                Ok(_) => {}
+                Err(e) if e.kind() == crate::error::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     async fn instance_op(&self, id: &str, op: InstanceOp) -> Result<Instance> {
         let found = self.find_instance(id).await?;
         let this = self.clone();

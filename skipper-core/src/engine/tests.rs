@@ -1646,3 +1646,29 @@ async fn the_activity_feed_shows_a_deploy_as_it_happens() {
     assert_eq!(ended.id, failed.id);
     assert!(ended.error.is_some());
 }
+
+/// Deleting a stage removes its instances (routes, containers, records) and the stage; deleting
+/// the project removes the rest. Nothing is left behind.
+#[tokio::test(start_paused = true)]
+async fn deleting_a_stage_or_project_removes_what_it_runs() {
+    let h = harness(2).await;
+    h.deploy("dev", "v1").await;
+    h.deploy("dev", "v2").await;
+    h.deploy("rel", "v1").await;
+    assert_eq!(h.rt.running().len(), 3);
+    let p = h.engine.delete_stage("web", "dev").await.unwrap();
+    assert!(!p.stages.contains_key("dev"));
+    assert!(h.instances("dev").await.is_empty());
+    assert_eq!(h.rt.running().len(), 1, "only rel's instance runs");
+    assert!(
+        h.proxy.routes().keys().all(|d| !d.contains("dev")),
+        "{:?}",
+        h.proxy.routes()
+    );
+    let e = h.engine.delete_stage("web", "dev").await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound);
+    h.engine.delete_project("web").await.unwrap();
+    assert!(h.rt.containers().is_empty());
+    assert!(h.proxy.routes().is_empty());
+    assert!(h.engine.store().get_project("web").await.unwrap().is_none());
+}
