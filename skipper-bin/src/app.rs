@@ -23,7 +23,27 @@ use crate::cli::{Cli, Command, DeployArgs, Pull};
 use crate::output::{self, Refused, errln, outln};
 
 /// Logs go to stderr; stdout is for results.
-pub(crate) fn init_tracing(verbose: u8) {
+pub(crate) fn init_tracing(verbose: u8, serve: Option<Option<crate::cli::LogFormat>>) {
+    use std::io::IsTerminal;
+    if let Some(format) = serve {
+        // The server logs what it does (info) in JSON unless a person watches.
+        let default = if verbose > 1 { "debug" } else { "info" };
+        let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+        let json = match format {
+            Some(f) => f == crate::cli::LogFormat::Json,
+            None => !std::io::stderr().is_terminal(),
+        };
+        let b = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_target(false);
+        let _ = if json {
+            b.json().try_init()
+        } else {
+            b.try_init()
+        };
+        return;
+    }
     let default = match verbose {
         0 => "error",
         1 => "info,skipper_core=info",
@@ -71,6 +91,8 @@ pub(crate) struct App {
     /// The store is open read-only (the data directory is not writable): nothing may write,
     /// not even reconcile.
     pub(crate) read_only: bool,
+    /// The data directory.
+    pub(crate) data_dir: PathBuf,
 }
 
 /// Whether `dir` exists and this process cannot write it or its database: a read-only mount,
@@ -180,8 +202,17 @@ pub(crate) async fn build(cli: &Cli) -> Result<App> {
     // entries, else the Docker config, through skipper_core::docker_config either way.
     builder = builder.registry(Arc::new(registries(&config)?));
     let engine = builder.build();
-    // The config file is the source of truth for the projects it names.
-    for p in config.projects.values().filter(|_| !read_only) {
+    // The config file is the source of truth for the projects it names; for the server (and
+    // `config` commands) the store is, the file only seeding a new store once.
+    let store_is_truth = matches!(
+        cli.command,
+        Command::Serve(_) | Command::Config(_) | Command::Token(_)
+    );
+    for p in config
+        .projects
+        .values()
+        .filter(|_| !read_only && !store_is_truth)
+    {
         engine.put_project(p).await?;
     }
     Ok(App {
@@ -189,6 +220,7 @@ pub(crate) async fn build(cli: &Cli) -> Result<App> {
         config,
         npm,
         read_only,
+        data_dir,
     })
 }
 
@@ -234,6 +266,48 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
     }
     let app = build(&cli).await?;
     let json = cli.global.json;
+    match &cli.command {
+        Command::Serve(args) => {
+            let dir = app.data_dir.clone();
+            return crate::server::run(app, &dir, serve_options(args)?).await;
+        }
+        Command::Token(crate::cli::TokenCommand::Rotate) => {
+            use secrecy::ExposeSecret;
+            let token = crate::server::auth::rotate(app.engine.store().as_ref()).await?;
+            if json {
+                outln!("{}", serde_json::json!({ "token": token.expose_secret() }));
+            } else {
+                errln!("a new admin token (shown this once; the old one no longer works):");
+                outln!("{}", token.expose_secret());
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Config(crate::cli::ConfigCommand::Export) => {
+            let list = app.engine.store().list_projects().await?;
+            outln!(
+                "{}",
+                skipper_core::config::Config::export_projects(&list).trim_end()
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Config(crate::cli::ConfigCommand::Import(f)) => {
+            let text = if f.file.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin()).context("reading stdin")?
+            } else {
+                std::fs::read_to_string(&f.file)
+                    .with_context(|| format!("cannot read {}", f.file.display()))?
+            };
+            let config = skipper_core::config::Config::parse(&text)?;
+            let names = crate::server::import_projects(&app.engine, &config).await?;
+            if json {
+                outln!("{}", serde_json::json!({ "imported": names }));
+            } else {
+                outln!("imported {} project(s): {}", names.len(), names.join(", "));
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => {}
+    }
     let engine = &app.engine;
     // Read commands change nothing; every other command starts by repairing what an
     // interrupted one may have left (a read-only store cannot be repaired at all).
@@ -330,6 +404,7 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Tags(args) => crate::tags::run(&cli, args).await,
         Command::Watch(args) => crate::watch::run(&app, args, json).await,
+        Command::Serve(_) | Command::Token(_) | Command::Config(_) => Ok(ExitCode::SUCCESS),
         Command::Reconcile => {
             if json {
                 outln!("{}", serde_json::to_value(&report)?);
@@ -542,12 +617,11 @@ async fn deploy(app: &App, args: &DeployArgs, json: bool) -> Result<ExitCode> {
     }
 }
 
-async fn report_deployment(
+/// A deployment's instance (when it succeeded) and the URL it is reached at.
+pub(crate) async fn deployment_parts(
     engine: &Engine,
     d: &Deployment,
-    json: bool,
-    took: Duration,
-) -> Result<ExitCode> {
+) -> Result<(Option<Instance>, Option<String>)> {
     let instance: Option<Instance> = match (&d.instance_id, d.status) {
         (Some(id), DeployStatus::Succeeded) => engine.store().get_instance(id).await?,
         _ => None,
@@ -568,6 +642,25 @@ async fn report_deployment(
         Some(i) => i.address.as_ref().map(|a| format!("http://{a}")),
         None => None,
     };
+    Ok((instance, url))
+}
+
+/// The document `skipper deploy --json` prints (and the API answers with).
+pub(crate) async fn deployment_document(engine: &Engine, d: &Deployment) -> serde_json::Value {
+    match deployment_parts(engine, d).await {
+        Ok((instance, url)) => output::deployment_json(d, instance.as_ref(), url.as_deref()),
+        // The record is the answer; its instance and URL are extras.
+        Err(_) => output::deployment_json(d, None, None),
+    }
+}
+
+async fn report_deployment(
+    engine: &Engine,
+    d: &Deployment,
+    json: bool,
+    took: Duration,
+) -> Result<ExitCode> {
+    let (instance, url) = deployment_parts(engine, d).await?;
     if json {
         outln!(
             "{}",
@@ -618,4 +711,30 @@ async fn show_progress(image: String, mut rx: tokio::sync::mpsc::UnboundedReceiv
     if drew {
         errln!("");
     }
+}
+
+/// `skipper serve`'s options from its flags and the environment (`HOST` and `PORT`, as the
+/// seed's container sets them, when `--listen` is not given).
+fn serve_options(args: &crate::cli::ServeArgs) -> Result<crate::server::ServeOptions> {
+    let listen = match args.listen {
+        Some(l) => l,
+        None => {
+            let host = env_nonempty("HOST").unwrap_or_else(|| "127.0.0.1".into());
+            let port = env_nonempty("PORT").unwrap_or_else(|| "8080".into());
+            let port: u16 = port
+                .parse()
+                .with_context(|| format!("PORT={port:?} is not a port"))?;
+            let ip: std::net::IpAddr = host
+                .parse()
+                .with_context(|| format!("HOST={host:?} is not an IP address"))?;
+            std::net::SocketAddr::new(ip, port)
+        }
+    };
+    Ok(crate::server::ServeOptions {
+        listen,
+        reconcile_interval: args.reconcile_interval,
+        drain_timeout: args.drain_timeout,
+        public_url: args.public_url.clone(),
+        metrics_listen: args.metrics_listen,
+    })
 }

@@ -109,6 +109,66 @@ pub(crate) enum Command {
     ///
     /// Other matching stages get a "new version available" notification.
     Watch(WatchArgs),
+    /// Run the control plane: the /v1 API, webhooks, event streams, the registry watcher and
+    /// a periodic reconcile.
+    Serve(ServeArgs),
+    /// The server's admin token.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Import projects from a skipper.yaml into the store, or export them.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// Where to listen. Default 127.0.0.1:8080, or HOST and PORT when set.
+    #[arg(long, env = "SKIPPER_LISTEN")]
+    pub(crate) listen: Option<std::net::SocketAddr>,
+    /// How often to repair drift (a container removed or stopped by hand).
+    #[arg(long, env = "SKIPPER_RECONCILE_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub(crate) reconcile_interval: std::time::Duration,
+    /// How long in-flight deploys may take to finish or roll back on SIGTERM.
+    #[arg(long, env = "SKIPPER_DRAIN_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub(crate) drain_timeout: std::time::Duration,
+    /// The URL clients reach this server at (for the webhook URL). Default: from the request.
+    #[arg(long, env = "SKIPPER_PUBLIC_URL")]
+    pub(crate) public_url: Option<String>,
+    /// Also serve /metrics without a token on this address.
+    #[arg(long, env = "SKIPPER_METRICS_LISTEN")]
+    pub(crate) metrics_listen: Option<std::net::SocketAddr>,
+    /// Log format: json (the default when stderr is not a terminal) or text.
+    #[arg(long, env = "SKIPPER_LOG_FORMAT")]
+    pub(crate) log_format: Option<LogFormat>,
+}
+
+/// How the server logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable lines.
+    Text,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum TokenCommand {
+    /// Make a new admin token (printed once); the old one stops working at once.
+    Rotate,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ConfigCommand {
+    /// Create or replace the projects of a skipper.yaml in the store.
+    Import(ConfigFile),
+    /// Print every project in the store as skipper.yaml.
+    Export,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ConfigFile {
+    /// The file (`-` for stdin).
+    pub(crate) file: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -11,6 +11,7 @@
 mod app;
 mod cli;
 mod output;
+mod server;
 mod signals;
 mod tags;
 mod watch;
@@ -29,7 +30,11 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage_error(&e, json),
     };
-    app::init_tracing(cli.global.verbose);
+    let serve = match &cli.command {
+        cli::Command::Serve(a) => Some(a.log_format),
+        _ => None,
+    };
+    app::init_tracing(cli.global.verbose, serve);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -86,6 +86,11 @@ pub(crate) fn error_json(kind: ErrorKind, message: &str) -> Value {
 /// The kind of an error from a command: the first typed error in its chain (the engine's, a
 /// registry's, NPM's), else `invalid` (the CLI's own checks of its input).
 pub(crate) fn error_kind(e: &anyhow::Error) -> ErrorKind {
+    error_kind_or(e, ErrorKind::Invalid)
+}
+
+/// The kind of the first typed error in `e`'s chain, else `otherwise`.
+pub(crate) fn error_kind_or(e: &anyhow::Error, otherwise: ErrorKind) -> ErrorKind {
     e.chain()
         .find_map(|c| {
             c.downcast_ref::<skipper_core::Error>()
@@ -99,7 +104,7 @@ pub(crate) fn error_kind(e: &anyhow::Error) -> ErrorKind {
                         .map(skipper_npm::NpmError::kind)
                 })
         })
-        .unwrap_or(ErrorKind::Invalid)
+        .unwrap_or(otherwise)
 }
 
 /// A deploy or rollback, as JSON.

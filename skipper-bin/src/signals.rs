@@ -29,6 +29,11 @@ pub(crate) fn interrupt_token() -> CancellationToken {
     token
 }
 
+/// Wait for the first SIGINT or SIGTERM (a server's stop).
+pub(crate) async fn wait_for_signal() {
+    next_signal().await;
+}
+
 /// Wait for SIGINT (→ 130) or SIGTERM (→ 143).
 async fn next_signal() -> i32 {
     #[cfg(unix)]

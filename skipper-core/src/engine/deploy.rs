@@ -52,15 +52,10 @@ impl Saga {
     /// Log a step in the deployment and tell the activity feed.
     fn log(&mut self, step: Step, status: StepStatus, message: impl Into<String>) {
         self.deployment.log(step, status, message);
-        if self.activity.receiver_count() > 0
-            && let Some(record) = self.deployment.steps.last()
-        {
-            let _ = self.activity.send(super::Activity::Step {
-                deployment_id: self.deployment.id.clone(),
-                project: self.deployment.project.clone(),
-                stage: self.deployment.stage.clone(),
-                record: record.clone(),
-            });
+        if self.activity.receiver_count() > 0 {
+            let _ = self
+                .activity
+                .send(super::Activity::Step(Box::new(self.deployment.clone())));
         }
     }
 }

@@ -29,9 +29,7 @@ use crate::backend::{
     ProxyManager, Registry, Runtime, Store,
 };
 use crate::error::{Error, ErrorKind, Result};
-use crate::model::{
-    Deployment, Event, Instance, InstanceState, Project, StepRecord, Trigger, labels,
-};
+use crate::model::{Deployment, Event, Instance, InstanceState, Project, Trigger, labels};
 use crate::reference::ImageRef;
 use crate::subdomain::DomainScheme;
 
@@ -313,17 +311,9 @@ const ACTIVITY_BUFFER: usize = 1024;
 pub enum Activity {
     /// A deployment was recorded and runs (its first step, validate, is done).
     Started(Box<Deployment>),
-    /// A step of a running deployment was logged.
-    Step {
-        /// The deployment.
-        deployment_id: String,
-        /// The project.
-        project: String,
-        /// The stage.
-        stage: String,
-        /// The step's record.
-        record: StepRecord,
-    },
+    /// A step of a running deployment was logged: the deployment as it is now, its last step
+    /// the new one (a view that missed some steps finds them all here).
+    Step(Box<Deployment>),
     /// A deployment ended (succeeded or failed); the final record.
     Finished(Box<Deployment>),
     /// An event went to the notifiers (deploys, new versions, repairs, removals).

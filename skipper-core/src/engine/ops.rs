@@ -73,8 +73,10 @@ impl Engine {
         r
     }
 
-    /// The lease under which a project's record is read, changed and written back.
-    pub(crate) async fn project_lease(&self, project: &str) -> Result<super::Lease> {
+    /// The lease under which a project's record is read, changed and written back (a caller
+    /// that edits a project takes it, so concurrent edits never lose each other's change).
+    /// Waits up to a minute for another holder.
+    pub async fn project_lease(&self, project: &str) -> Result<super::Lease> {
         let wait = self
             .inner
             .settings

@@ -1615,11 +1615,7 @@ async fn the_activity_feed_shows_a_deploy_as_it_happens() {
     let steps: Vec<Step> = seen
         .iter()
         .filter_map(|a| match a {
-            Activity::Step {
-                deployment_id,
-                record,
-                ..
-            } if deployment_id == "d-chosen" => Some(record.step),
+            Activity::Step(d) if d.id == "d-chosen" => d.steps.last().map(|r| r.step),
             _ => None,
         })
         .collect();
