@@ -1,1 +1,817 @@
+//! Every route through `app(state)` with `oneshot`, against the in-memory fakes: no socket,
+//! no Docker. Time is paused, so health waits pass in virtual time.
 
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use skipper_core::store::MemoryStore;
+use skipper_core::testing::{Behavior, FakeProxy, FakeRuntime};
+use skipper_core::{Engine, EngineSettings, ImageRef, Registry};
+use tower::ServiceExt;
+
+use super::*;
+
+const TOKEN: &str = "test-admin-token";
+const REPO: &str = "localhost:5000/team/web";
+
+struct Tags;
+
+#[async_trait]
+impl Registry for Tags {
+    async fn list_tags(&self, _: &ImageRef) -> skipper_core::Result<Vec<String>> {
+        Ok(["v1", "v2", "v10", "dev-1"].map(String::from).to_vec())
+    }
+    async fn resolve_digest(&self, _: &ImageRef) -> skipper_core::Result<String> {
+        Ok(format!("sha256:{}", "a".repeat(64)))
+    }
+}
+
+struct T {
+    app: Router,
+    state: AppState,
+    rt: Arc<FakeRuntime>,
+}
+
+async fn harness() -> T {
+    let rt = Arc::new(FakeRuntime::new());
+    for tag in ["v1", "v2", "v10", "dev-1"] {
+        rt.add_image(&format!("{REPO}:{tag}"), Behavior::Healthy);
+    }
+    rt.add_image(&format!("{REPO}:sick"), Behavior::Unhealthy);
+    let engine = Engine::builder(rt.clone(), Arc::new(MemoryStore::new()))
+        .proxy(Arc::new(FakeProxy::new()))
+        .registry(Arc::new(Tags))
+        .settings(EngineSettings::default())
+        .build();
+    engine
+        .store()
+        .put_setting(auth::TOKEN_SETTING, &hex::encode(auth::hash(TOKEN)))
+        .await
+        .unwrap();
+    let (state, made) = state(
+        engine,
+        Config::parse("").unwrap(),
+        idempotency::Idempotency::in_memory().unwrap(),
+        Duration::from_secs(30),
+        Some("http://skipper.test".into()),
+    )
+    .await
+    .unwrap();
+    assert!(made.is_none(), "a stored token is kept");
+    T {
+        app: app(state.clone()),
+        state,
+        rt,
+    }
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    body: Value,
+    text: String,
+}
+
+impl T {
+    async fn call(&self, req: Request<Body>) -> Answer {
+        let r = self.app.clone().oneshot(req).await.unwrap();
+        let status = r.status();
+        let headers = r.headers().clone();
+        let bytes = r.into_body().collect().await.unwrap().to_bytes();
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Answer {
+            status,
+            headers,
+            body,
+            text,
+        }
+    }
+
+    async fn req(&self, method: &str, path: &str, body: Option<Value>) -> Answer {
+        self.call(request(method, path, body, Some(TOKEN), &[]))
+            .await
+    }
+
+    async fn create_web(&self) {
+        let a = self
+            .req(
+                "POST",
+                "/v1/projects",
+                Some(json!({
+                    "name": "web", "image": REPO, "port": 8080, "healthcheck": "/health",
+                    "stages": { "dev": { "tag_pattern": "*" }, "prod": { "tag_pattern": "v*", "confirm": true } },
+                })),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
+    }
+}
+
+fn request(
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+) -> Request<Body> {
+    let mut b = Request::builder().method(method).uri(path);
+    if let Some(t) = token {
+        b = b.header("authorization", format!("Bearer {t}"));
+    }
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    match body {
+        Some(v) => b
+            .header("content-type", "application/json")
+            .body(Body::from(v.to_string()))
+            .unwrap(),
+        None => b.body(Body::empty()).unwrap(),
+    }
+}
+
+fn assert_envelope(a: &Answer, status: StatusCode, code: &str) {
+    assert_eq!(a.status, status, "{}", a.text);
+    assert_eq!(a.body["error"]["code"], code, "{}", a.text);
+    assert!(
+        a.body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{}",
+        a.text
+    );
+    let id = a.headers["x-request-id"].to_str().unwrap();
+    assert_eq!(
+        a.body["error"]["request_id"], id,
+        "the envelope names the request"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn health_and_openapi_need_no_token() {
+    let t = harness().await;
+    let a = t.call(request("GET", "/v1/health", None, None, &[])).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.body["status"], "ok");
+    assert_eq!(a.body["version"], env!("CARGO_PKG_VERSION"));
+    let a = t
+        .call(request("GET", "/v1/openapi.json", None, None, &[]))
+        .await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert!(
+        a.body["openapi"].as_str().unwrap().starts_with("3.1"),
+        "{}",
+        a.body["openapi"]
+    );
+    let paths = a.body["paths"].as_object().unwrap();
+    for p in [
+        "/v1/health",
+        "/v1/projects",
+        "/v1/projects/{project}",
+        "/v1/projects/{project}/stages",
+        "/v1/projects/{project}/stages/{stage}",
+        "/v1/projects/{project}/stages/{stage}/instances",
+        "/v1/projects/{project}/stages/{stage}/instances/{id}/stop",
+        "/v1/projects/{project}/stages/{stage}/rollback",
+        "/v1/projects/{project}/tags",
+        "/v1/deploy/inspect",
+        "/v1/deploy/quick",
+        "/v1/deploys",
+        "/v1/deploys/{id}",
+        "/v1/deploys/{id}/events",
+        "/v1/events",
+        "/v1/webhook/{secret}",
+        "/v1/settings",
+        "/v1/settings/webhook-url",
+        "/v1/settings/webhook-url/regenerate",
+        "/v1/config/import",
+        "/v1/config/export",
+    ] {
+        assert!(paths.contains_key(p), "the OpenAPI document has {p}");
+    }
+}
+
+/// Generated from the OpenAPI document: every operation but the public ones answers 401 with
+/// the envelope without a token, and with a wrong one.
+#[tokio::test(start_paused = true)]
+async fn every_operation_needs_the_token() {
+    let t = harness().await;
+    let doc = t
+        .call(request("GET", "/v1/openapi.json", None, None, &[]))
+        .await
+        .body;
+    let mut checked = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in ["get", "post", "put", "delete", "patch"] {
+            let Some(op) = item.get(method) else { continue };
+            let public = path == "/v1/health" || path.starts_with("/v1/webhook/");
+            assert_eq!(op.get("security").is_some(), !public, "{method} {path}");
+            if public {
+                continue;
+            }
+            let concrete = path
+                .replace("{project}", "web")
+                .replace("{stage}", "dev")
+                .replace("{id}", "x");
+            for token in [None, Some("wrong")] {
+                let a = t
+                    .call(request(
+                        &method.to_uppercase(),
+                        &concrete,
+                        Some(json!({})),
+                        token,
+                        &[],
+                    ))
+                    .await;
+                assert_envelope(&a, StatusCode::UNAUTHORIZED, "unauthorized");
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 25, "checked {checked} operations");
+    let a = t.call(request("GET", "/metrics", None, None, &[])).await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    let a = t
+        .call(request(
+            "GET",
+            "/v1/projects",
+            None,
+            None,
+            &[("x-admin-token", TOKEN)],
+        ))
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "x-admin-token works too");
+}
+
+#[tokio::test(start_paused = true)]
+async fn projects_and_stages_round_trip_and_refuse_bad_input() {
+    let t = harness().await;
+    t.create_web().await;
+    let a = t.req("GET", "/v1/projects/web", None).await;
+    assert_eq!(a.body["name"], "web");
+    assert_eq!(a.body["stages"]["prod"]["confirm"], true);
+    assert_eq!(a.body["healthcheck"]["path"], "/health");
+
+    let again = t
+        .req(
+            "POST",
+            "/v1/projects",
+            Some(json!({"name": "web", "image": REPO})),
+        )
+        .await;
+    assert_envelope(&again, StatusCode::CONFLICT, "conflict");
+
+    let bad = t
+        .req(
+            "POST",
+            "/v1/projects",
+            Some(json!({"name": "api", "image": REPO, "port": 0})),
+        )
+        .await;
+    assert_envelope(&bad, StatusCode::BAD_REQUEST, "invalid");
+    assert!(bad.text.contains("projects.api.port"), "{}", bad.text);
+
+    let garbage = t
+        .call(
+            Request::builder()
+                .method("POST")
+                .uri("/v1/projects")
+                .header("authorization", format!("Bearer {TOKEN}"))
+                .header("content-type", "application/json")
+                .body(Body::from("{not json"))
+                .unwrap(),
+        )
+        .await;
+    assert_envelope(&garbage, StatusCode::BAD_REQUEST, "invalid");
+
+    let a = t
+        .req(
+            "POST",
+            "/v1/projects/web/stages",
+            Some(json!({"name": "rel", "tag_pattern": "v*", "max_instances": 2})),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
+    assert_eq!(a.body["stages"]["rel"]["max_instances"], 2);
+    let a = t
+        .req(
+            "PUT",
+            "/v1/projects/web/stages/rel",
+            Some(json!({"tag_pattern": "rc-*"})),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!(a.body["stages"]["rel"]["tag_pattern"], "rc-*");
+    let a = t
+        .req(
+            "PUT",
+            "/v1/projects/web/stages/rel",
+            Some(json!({"tag_pattern": "["})),
+        )
+        .await;
+    assert_envelope(&a, StatusCode::BAD_REQUEST, "invalid");
+    let a = t.req("DELETE", "/v1/projects/web/stages/rel", None).await;
+    assert_eq!(a.status, StatusCode::NO_CONTENT);
+    let a = t.req("DELETE", "/v1/projects/web/stages/rel", None).await;
+    assert_envelope(&a, StatusCode::NOT_FOUND, "not_found");
+
+    let a = t
+        .req(
+            "PUT",
+            "/v1/projects/web",
+            Some(json!({"image": REPO, "port": 9090, "stages": {"dev": {"tag_pattern": "*"}}})),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!(a.body["port"], 9090);
+    let a = t.req("GET", "/v1/projects", None).await;
+    assert_eq!(a.body.as_array().unwrap().len(), 1);
+    let a = t.req("DELETE", "/v1/projects/web", None).await;
+    assert_eq!(a.status, StatusCode::NO_CONTENT);
+    let a = t.req("GET", "/v1/projects/web", None).await;
+    assert_envelope(&a, StatusCode::NOT_FOUND, "not_found");
+    let a = t.req("GET", "/v1/nowhere", None).await;
+    assert_envelope(&a, StatusCode::NOT_FOUND, "not_found");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deploy_answers_202_then_the_record_and_its_events_tell_the_end() {
+    let t = harness().await;
+    t.create_web().await;
+    let a = t
+        .call(request(
+            "POST",
+            "/v1/projects/web/stages/dev/instances",
+            Some(json!({"tag": "v1"})),
+            Some(TOKEN),
+            &[("x-correlation-id", "ci-42")],
+        ))
+        .await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.text);
+    let id = a.body["deploy_id"].as_str().unwrap().to_owned();
+    assert_eq!(a.headers["location"], format!("/v1/deploys/{id}").as_str());
+
+    // ?wait=true answers at the end: the second deploy waits for the first (the stage's lease).
+    let b = t
+        .req(
+            "POST",
+            "/v1/projects/web/stages/dev/instances?wait=true",
+            Some(json!({"tag": "v2"})),
+        )
+        .await;
+    assert_eq!(b.status, StatusCode::OK, "{}", b.text);
+    assert_eq!(b.body["status"], "succeeded");
+    assert_eq!(b.body["tag"], "v2");
+    assert!(b.body["instance"]["id"].is_string(), "{}", b.text);
+
+    let first = t.req("GET", &format!("/v1/deploys/{id}"), None).await;
+    assert_eq!(first.body["status"], "succeeded", "{}", first.text);
+    let stored = t
+        .state
+        .engine
+        .store()
+        .get_deployment(&id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.correlation_id.as_deref(), Some("ci-42"));
+
+    let list = t
+        .req("GET", "/v1/projects/web/stages/dev/instances", None)
+        .await;
+    let list = list.body.as_array().unwrap().clone();
+    assert_eq!(list.len(), 1, "v1 retired: {list:?}");
+    assert_eq!(list[0]["tag"], "v2");
+    assert_eq!(list[0]["active"], true);
+
+    // A finished deploy's events: every step replayed, then `done` with the deployment.
+    let ev = t
+        .req("GET", &format!("/v1/deploys/{id}/events"), None)
+        .await;
+    assert_eq!(ev.status, StatusCode::OK);
+    let steps = ev.text.matches("event: step").count();
+    assert_eq!(steps, stored.steps.len(), "{}", ev.text);
+    assert!(ev.text.contains("event: done"), "{}", ev.text);
+    assert!(ev.text.contains("\"status\":\"succeeded\""), "{}", ev.text);
+
+    let all = t
+        .req(
+            "GET",
+            "/v1/deploys?project=web&status=succeeded&limit=1",
+            None,
+        )
+        .await;
+    assert_eq!(all.body.as_array().unwrap().len(), 1);
+    assert_eq!(all.body[0]["tag"], "v2", "newest first");
+    let bad = t.req("GET", "/v1/deploys?status=bogus", None).await;
+    assert_envelope(&bad, StatusCode::BAD_REQUEST, "invalid");
+
+    // A failed deploy with ?wait=true is a 200 with status failed; v2 keeps serving.
+    let sick = t
+        .req(
+            "POST",
+            "/v1/projects/web/stages/dev/instances?wait=true",
+            Some(json!({"tag": "sick"})),
+        )
+        .await;
+    assert_eq!(sick.status, StatusCode::OK, "{}", sick.text);
+    assert_eq!(sick.body["status"], "failed");
+    assert_eq!(sick.body["error"]["step"], "health");
+    assert_eq!(t.rt.running().len(), 1);
+
+    // Refusals before anything starts are 4xx with the envelope.
+    let a = t
+        .req(
+            "POST",
+            "/v1/projects/web/stages/prod/instances",
+            Some(json!({"tag": "v2"})),
+        )
+        .await;
+    assert_envelope(&a, StatusCode::UNPROCESSABLE_ENTITY, "rejected");
+    let a = t
+        .req(
+            "POST",
+            "/v1/projects/web/stages/prod/instances",
+            Some(json!({"tag": "dev-1", "confirm": true})),
+        )
+        .await;
+    assert_envelope(&a, StatusCode::UNPROCESSABLE_ENTITY, "rejected");
+    let a = t
+        .req(
+            "POST",
+            "/v1/projects/web/stages/dev/instances",
+            Some(json!({"tag": "v1", "bogus": 1})),
+        )
+        .await;
+    assert_envelope(&a, StatusCode::BAD_REQUEST, "invalid");
+    assert!(a.text.contains("bogus"), "names the field: {}", a.text);
+    let a = t
+        .req(
+            "POST",
+            "/v1/projects/web/stages/dev/instances",
+            Some(json!({"tag": "bad tag!"})),
+        )
+        .await;
+    assert_envelope(&a, StatusCode::BAD_REQUEST, "invalid");
+    let a = t
+        .req(
+            "POST",
+            "/v1/projects/web/stages/nope/instances",
+            Some(json!({"tag": "v1"})),
+        )
+        .await;
+    assert_envelope(&a, StatusCode::NOT_FOUND, "not_found");
+}
+
+#[tokio::test(start_paused = true)]
+async fn instance_actions_and_rollback() {
+    let t = harness().await;
+    t.create_web().await;
+    let base = "/v1/projects/web/stages/dev";
+    t.req(
+        "POST",
+        &format!("{base}/instances?wait=true"),
+        Some(json!({"tag": "v1"})),
+    )
+    .await;
+    let d2 = t
+        .req(
+            "POST",
+            &format!("{base}/instances?wait=true"),
+            Some(json!({"tag": "v2"})),
+        )
+        .await;
+    let id = d2.body["instance"]["id"].as_str().unwrap().to_owned();
+    let a = t
+        .req("POST", &format!("{base}/instances/{id}/stop"), None)
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!(a.body["action"], "stopped");
+    assert_eq!(a.body["state"], "stopped");
+    let a = t
+        .req("POST", &format!("{base}/instances/{id}/start"), None)
+        .await;
+    assert_eq!(a.body["state"], "running");
+    let a = t
+        .req("POST", &format!("{base}/instances/{id}/restart"), None)
+        .await;
+    assert_eq!(a.body["action"], "restarted");
+    let a = t
+        .req(
+            "POST",
+            "/v1/projects/web/stages/prod/instances/{id}/stop"
+                .replace("{id}", &id)
+                .as_str(),
+            None,
+        )
+        .await;
+    assert_envelope(&a, StatusCode::NOT_FOUND, "not_found");
+
+    let r = t.req("POST", &format!("{base}/rollback"), None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body["status"], "succeeded");
+    assert_eq!(r.body["tag"], "v1");
+    let list = t.req("GET", &format!("{base}/instances"), None).await;
+    let active: Vec<&Value> = list
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["active"] == true)
+        .collect();
+    assert_eq!(active.len(), 1);
+    assert_eq!(active[0]["tag"], "v1");
+    let rid = active[0]["id"].as_str().unwrap();
+    let a = t
+        .req("DELETE", &format!("{base}/instances/{rid}"), None)
+        .await;
+    assert_eq!(a.body["action"], "removed");
+    assert!(t.rt.containers().iter().all(|c| !c.name.contains(rid)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idempotency_key_replays_the_first_answer_and_refuses_another_body() {
+    let t = harness().await;
+    t.create_web().await;
+    let path = "/v1/projects/web/stages/dev/instances?wait=true";
+    let key = [("idempotency-key", "k-1")];
+    let first = t
+        .call(request(
+            "POST",
+            path,
+            Some(json!({"tag": "v1"})),
+            Some(TOKEN),
+            &key,
+        ))
+        .await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.text);
+    let again = t
+        .call(request(
+            "POST",
+            path,
+            Some(json!({"tag": "v1"})),
+            Some(TOKEN),
+            &key,
+        ))
+        .await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(again.body, first.body, "the same answer");
+    assert_eq!(again.headers["idempotent-replayed"], "true");
+    let deploys = t.req("GET", "/v1/deploys", None).await;
+    assert_eq!(deploys.body.as_array().unwrap().len(), 1, "deployed once");
+    let other = t
+        .call(request(
+            "POST",
+            path,
+            Some(json!({"tag": "v2"})),
+            Some(TOKEN),
+            &key,
+        ))
+        .await;
+    assert_envelope(&other, StatusCode::UNPROCESSABLE_ENTITY, "unprocessable");
+    let seed = [("x-idempotency-key", "k-1")];
+    let same_seed = t
+        .call(request(
+            "POST",
+            path,
+            Some(json!({"tag": "v1"})),
+            Some(TOKEN),
+            &seed,
+        ))
+        .await;
+    assert_eq!(
+        same_seed.body, first.body,
+        "the seed's header name is the same key"
+    );
+    // Another path with the same key is another request.
+    let p = t
+        .call(request(
+            "POST",
+            "/v1/projects",
+            Some(json!({"name": "api", "image": REPO})),
+            Some(TOKEN),
+            &key,
+        ))
+        .await;
+    assert_eq!(p.status, StatusCode::CREATED, "{}", p.text);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_webhook_takes_a_push_by_secret_and_ignores_a_redelivery() {
+    let t = harness().await;
+    let a = t
+        .req(
+            "POST",
+            "/v1/projects",
+            Some(json!({"name": "web", "image": REPO, "port": 8080, "stages": {"dev": {"tag_pattern": "v*", "auto_deploy": true}}})),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED);
+    let url = t.req("GET", "/v1/settings/webhook-url", None).await;
+    let url = url.body["url"].as_str().unwrap().to_owned();
+    assert!(url.starts_with("http://skipper.test/v1/webhook/"), "{url}");
+    let path = url.trim_start_matches("http://skipper.test");
+
+    let wrong = t
+        .call(request(
+            "POST",
+            "/v1/webhook/not-the-secret",
+            Some(json!({"image": format!("{REPO}:v2")})),
+            None,
+            &[],
+        ))
+        .await;
+    assert_envelope(&wrong, StatusCode::NOT_FOUND, "not_found");
+
+    let delivery = [("x-skipper-delivery", "d-1")];
+    let a = t
+        .call(request(
+            "POST",
+            path,
+            Some(json!({"image": format!("{REPO}:v2")})),
+            None,
+            &delivery,
+        ))
+        .await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.text);
+    assert_eq!(a.body["accepted"][0]["projects"][0], "web", "{}", a.text);
+    let again = t
+        .call(request(
+            "POST",
+            path,
+            Some(json!({"image": format!("{REPO}:v2")})),
+            None,
+            &delivery,
+        ))
+        .await;
+    assert_eq!(again.status, StatusCode::ACCEPTED);
+    assert!(again.text.contains("seen before"), "{}", again.text);
+
+    let unknown = t
+        .call(request(
+            "POST",
+            path,
+            Some(json!({"image": "localhost:5000/other/app:v1"})),
+            None,
+            &[],
+        ))
+        .await;
+    assert!(
+        unknown.text.contains("no project deploys this repository"),
+        "{}",
+        unknown.text
+    );
+    let bad = t
+        .call(request(
+            "POST",
+            path,
+            Some(json!({"nothing": 1})),
+            None,
+            &[],
+        ))
+        .await;
+    assert_envelope(&bad, StatusCode::BAD_REQUEST, "invalid");
+
+    let old = path.to_owned();
+    let new = t
+        .req("POST", "/v1/settings/webhook-url/regenerate", None)
+        .await;
+    assert_ne!(new.body["url"].as_str().unwrap(), url);
+    let a = t
+        .call(request(
+            "POST",
+            &old,
+            Some(json!({"image": format!("{REPO}:v2")})),
+            None,
+            &[],
+        ))
+        .await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND, "the old URL stops working");
+}
+
+#[tokio::test(start_paused = true)]
+async fn config_export_and_import_round_trip() {
+    let t = harness().await;
+    t.create_web().await;
+    let a = t.req("GET", "/v1/config/export", None).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert!(
+        a.text.contains("projects:") && a.text.contains("web:"),
+        "{}",
+        a.text
+    );
+    t.req("DELETE", "/v1/projects/web", None).await;
+    let imported = t
+        .call(
+            Request::builder()
+                .method("POST")
+                .uri("/v1/config/import")
+                .header("authorization", format!("Bearer {TOKEN}"))
+                .body(Body::from(a.text.clone()))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(imported.status, StatusCode::OK, "{}", imported.text);
+    assert_eq!(imported.body["imported"], json!(["web"]));
+    let p = t.req("GET", "/v1/projects/web", None).await;
+    assert_eq!(p.body["stages"]["prod"]["tag_pattern"], "v*");
+    let bad = t
+        .call(
+            Request::builder()
+                .method("POST")
+                .uri("/v1/config/import")
+                .header("authorization", format!("Bearer {TOKEN}"))
+                .body(Body::from("projects: [oops"))
+                .unwrap(),
+        )
+        .await;
+    assert_envelope(&bad, StatusCode::BAD_REQUEST, "invalid");
+}
+
+#[tokio::test(start_paused = true)]
+async fn tags_settings_and_metrics() {
+    let t = harness().await;
+    t.create_web().await;
+    let a = t.req("GET", "/v1/projects/web/tags", None).await;
+    assert_eq!(a.body, json!(["v10", "v2", "v1", "dev-1"]), "newest first");
+    let a = t.req("GET", "/v1/projects/web/tags?stage=prod", None).await;
+    assert_eq!(a.body, json!(["v10", "v2", "v1"]), "the stage's pattern");
+    let a = t.req("GET", "/v1/settings", None).await;
+    assert_eq!(a.body["auto_create"], false);
+    let a = t
+        .req("PUT", "/v1/settings", Some(json!({"auto_create": true})))
+        .await;
+    assert_eq!(a.body["auto_create"], true);
+    assert!(t.state.auto_create());
+    let a = t
+        .req("PUT", "/v1/settings", Some(json!({"domain": "x"})))
+        .await;
+    assert_envelope(&a, StatusCode::BAD_REQUEST, "invalid");
+    t.req(
+        "POST",
+        "/v1/projects/web/stages/dev/instances?wait=true",
+        Some(json!({"tag": "v1"})),
+    )
+    .await;
+    let m = t.req("GET", "/metrics", None).await;
+    assert_eq!(m.status, StatusCode::OK);
+    assert!(m.text.contains("skipper_api_requests_total"), "{}", m.text);
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_input_makes_the_server_answer_5xx() {
+    let t = harness().await;
+    t.create_web().await;
+    let bodies = [
+        json!(null),
+        json!([]),
+        json!("x"),
+        json!({"tag": null}),
+        json!({"tag": 1}),
+        json!({"name": 1, "image": 2}),
+        json!({"name": "../etc", "image": REPO}),
+        json!({"name": "<script>", "image": REPO}),
+        json!({"image": "UPPER/Case:tag"}),
+        json!({"image": ""}),
+    ];
+    let paths = [
+        ("POST", "/v1/projects"),
+        ("PUT", "/v1/projects/web"),
+        ("POST", "/v1/projects/web/stages"),
+        ("PUT", "/v1/projects/web/stages/dev"),
+        ("POST", "/v1/projects/web/stages/dev/instances"),
+        ("POST", "/v1/deploy/inspect"),
+        ("POST", "/v1/deploy/quick"),
+        ("PUT", "/v1/settings"),
+    ];
+    for (m, p) in paths {
+        for b in &bodies {
+            let a = t.req(m, p, Some(b.clone())).await;
+            assert!(
+                a.status.is_client_error(),
+                "{m} {p} {b}: {} {}",
+                a.status,
+                a.text
+            );
+            assert!(
+                a.body["error"]["code"].is_string(),
+                "{m} {p} {b}: {}",
+                a.text
+            );
+        }
+    }
+    for p in [
+        "/v1/projects/%ZZ",
+        "/v1/projects/a%00b",
+        "/v1/deploys/..%2F..",
+        "/v1/projects/web/stages/dev/instances/%FF/stop",
+    ] {
+        let a = t.req("GET", p, None).await;
+        assert!(a.status.is_client_error(), "{p}: {}", a.status);
+    }
+}
