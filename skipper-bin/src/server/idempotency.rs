@@ -45,6 +45,7 @@ impl Idempotency {
     }
 
     /// Keep answers in memory (tests).
+    #[cfg(test)]
     pub(crate) fn in_memory() -> anyhow::Result<Self> {
         Self::with(rusqlite::Connection::open_in_memory()?)
     }
