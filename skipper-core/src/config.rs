@@ -49,6 +49,46 @@ pub struct Config {
     pub registries: BTreeMap<String, RegistrySettings>,
     /// Projects, validated, by name.
     pub projects: BTreeMap<String, Project>,
+    /// Where events go (besides `global.notification_url`).
+    pub notifications: Vec<NotificationTarget>,
+}
+
+/// One `notifications:` entry: where events go, in which format, which of them.
+#[derive(Debug, Clone)]
+pub struct NotificationTarget {
+    /// The URL (a secret: chat webhooks carry their token in it).
+    pub url: SecretUrl,
+    /// The body's format.
+    pub format: NotifyFormat,
+    /// Signs each delivery (`X-Skipper-Signature: sha256=<HMAC-SHA256 of "timestamp.body">`).
+    pub secret: Option<SecretString>,
+    /// Only these kinds of events (empty: all).
+    pub events: Vec<crate::model::EventKind>,
+    /// Only these projects' events (empty: all).
+    pub projects: Vec<String>,
+}
+
+impl NotificationTarget {
+    /// Whether this target wants `event`.
+    pub fn wants(&self, event: &crate::model::Event) -> bool {
+        (self.events.is_empty() || self.events.contains(&event.kind))
+            && (self.projects.is_empty() || self.projects.contains(&event.project))
+    }
+}
+
+/// How a notification's body looks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NotifyFormat {
+    /// The event as JSON (signed with `secret`, when set).
+    #[default]
+    Webhook,
+    /// `{"text": …}`: Slack, Mattermost, Rocket.Chat.
+    Slack,
+    /// `{"content": …}`: Discord.
+    Discord,
+    /// A plain-text message with a `Title` header: ntfy.
+    Ntfy,
 }
 
 /// The `global:` section.
@@ -202,6 +242,21 @@ struct RawConfig {
     registries: BTreeMap<String, RawRegistry>,
     #[serde(default)]
     projects: BTreeMap<String, RawProject>,
+    #[serde(default)]
+    notifications: Vec<RawNotification>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNotification {
+    url: Spanned<String>,
+    #[serde(default)]
+    format: NotifyFormat,
+    secret: Option<SecretString>,
+    #[serde(default)]
+    events: Vec<crate::model::EventKind>,
+    #[serde(default)]
+    projects: Vec<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -543,11 +598,23 @@ impl Config {
             projects.insert(name, project);
         }
 
+        let mut notifications = Vec::new();
+        for (i, n) in raw.notifications.into_iter().enumerate() {
+            notifications.push(NotificationTarget {
+                url: SecretUrl::new(parse_url(&n.url, &format!("notifications[{i}].url"))?),
+                format: n.format,
+                secret: n.secret,
+                events: n.events,
+                projects: n.projects,
+            });
+        }
+
         Ok(Self {
             global,
             npm,
             registries,
             projects,
+            notifications,
         })
     }
 }
