@@ -60,9 +60,15 @@ struct Server {
 
 impl Server {
     fn new(test: &str) -> Option<Self> {
+        Self::new_with(test, "")
+    }
+
+    /// A server whose config file has `rest` (top-level sections) too.
+    fn new_with(test: &str, rest: &str) -> Option<Self> {
         let env = common::env_or_skip(test, TestEnv::load)?;
         common::bin::skipper_bin();
         let world = World::new(Scope::new(&format!("srv-{test}")));
+        world.write_config(rest);
         let log = world.dir.path().join("serve.log");
         let mut s = Self {
             world,
@@ -171,6 +177,50 @@ fn curl(addr: &str, method: &str, path: &str, body: Option<Value>, auth: bool) -
     )
 }
 
+/// A receiver of notifications on a free port: every request's head and body, as text.
+fn receiver() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{Read, Write};
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind the receiver");
+    let port = l.local_addr().unwrap().port();
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = got.clone();
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            // Read the head, then as much body as Content-Length says.
+            while let Ok(n) = c.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buf).to_string();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let len = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if body.len() >= len {
+                        break;
+                    }
+                }
+            }
+            seen.lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&buf).to_string());
+            let _ = c.write_all(
+                b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+        }
+    });
+    (port, got)
+}
+
 /// A `docker-registry` of this test's own, on a free port, POSTing its events to `notify`.
 fn registry(dir: &std::path::Path, notify: &str) -> (KillOnDrop, u16) {
     let port = free_port();
@@ -225,7 +275,13 @@ fn active_address(s: &Server, project: &str, stage: &str) -> Option<String> {
 #[test]
 #[ignore = "needs docker engine"]
 fn a_push_to_a_real_registry_deploys_through_the_server() {
-    let mut s = common::or_skip!(Server::new("push"));
+    let (hook_port, received) = receiver();
+    let mut s = common::or_skip!(Server::new_with(
+        "push",
+        &format!(
+            "notifications:\n  - url: http://127.0.0.1:{hook_port}/hook\n    secret: shh\n    events: [deploy_succeeded]\n"
+        ),
+    ));
     let (code, hook) = s.api("GET", "/v1/settings/webhook-url", None);
     assert_eq!(code, 200, "{hook}");
     let hook = hook["url"].as_str().expect("a webhook url").to_owned();
@@ -288,6 +344,18 @@ fn a_push_to_a_real_registry_deploys_through_the_server() {
         "v1 was retired: {:?}",
         s.containers()
     );
+
+    // Events out, from the durable outbox: signed deliveries of the chosen kind only.
+    let deliveries = wait_for(30, "two deploy_succeeded notifications", || {
+        let got = received.lock().unwrap().clone();
+        (got.len() >= 2).then_some(got)
+    });
+    for d in &deliveries {
+        let lower = d.to_ascii_lowercase();
+        assert!(lower.contains("x-skipper-signature: sha256="), "{d}");
+        assert!(lower.contains("x-skipper-delivery:"), "{d}");
+        assert!(d.contains("\"kind\":\"deploy_succeeded\""), "{d}");
+    }
 
     let pid = s.child.child().id().to_string();
     assert!(

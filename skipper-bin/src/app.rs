@@ -93,6 +93,8 @@ pub(crate) struct App {
     pub(crate) read_only: bool,
     /// The data directory.
     pub(crate) data_dir: PathBuf,
+    /// The server's notification outbox.
+    pub(crate) outbox: Option<Arc<crate::server::outbox::Outbox>>,
 }
 
 /// Whether `dir` exists and this process cannot write it or its database: a read-only mount,
@@ -184,9 +186,28 @@ pub(crate) async fn build(cli: &Cli) -> Result<App> {
         }
         None => None,
     };
+    let mut targets = config.notifications.clone();
     if let Some(url) = &config.global.notification_url {
-        builder = builder.notifier(Arc::new(WebhookNotifier::new(url.expose().clone())?));
+        targets.push(skipper_core::config::NotificationTarget {
+            url: url.clone(),
+            format: skipper_core::config::NotifyFormat::Webhook,
+            secret: None,
+            events: Vec::new(),
+            projects: Vec::new(),
+        });
     }
+    // The server queues events in its durable outbox (a restart loses none, a slow receiver
+    // never delays a deploy); a CLI command delivers them itself.
+    let outbox = if matches!(cli.command, Command::Serve(_)) {
+        let outbox = crate::server::outbox::Outbox::open(&data_dir, &targets)?;
+        builder = builder.notifier(outbox.clone());
+        Some(outbox)
+    } else {
+        for t in &targets {
+            builder = builder.notifier(Arc::new(WebhookNotifier::for_target(t)?));
+        }
+        None
+    };
     for (name, r) in &config.registries {
         if let (Some(username), Some(token)) = (&r.username, &r.token) {
             builder = builder.credentials(
@@ -221,6 +242,7 @@ pub(crate) async fn build(cli: &Cli) -> Result<App> {
         npm,
         read_only,
         data_dir,
+        outbox,
     })
 }
 

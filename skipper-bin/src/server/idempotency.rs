@@ -1,6 +1,6 @@
 //! `Idempotency-Key` (and `x-idempotency-key`) on mutating POSTs, after the IETF httpapi draft:
 //! a repeat returns the first answer (status and body) without acting again, also after a
-//! restart (answers are kept 24 h in `idempotency.db` in the data directory); the same key with
+//! restart (answers are kept 24 h in `server.db` in the data directory); the same key with
 //! another body is 422; a repeat while the first is still running is 409. Keys are scoped by
 //! method and path (there is one credential, the admin token).
 
@@ -39,9 +39,9 @@ enum Lookup {
 }
 
 impl Idempotency {
-    /// Keep answers in `dir/idempotency.db`.
+    /// Keep answers in `dir/server.db`.
     pub(crate) fn open(dir: &Path) -> anyhow::Result<Self> {
-        Self::with(rusqlite::Connection::open(dir.join("idempotency.db"))?)
+        Self::with(rusqlite::Connection::open(dir.join("server.db"))?)
     }
 
     /// Keep answers in memory (tests).

@@ -12,6 +12,7 @@ pub(crate) mod events;
 pub(crate) mod extract;
 pub(crate) mod idempotency;
 pub(crate) mod metrics;
+pub(crate) mod outbox;
 pub(crate) mod webhook;
 
 #[cfg(test)]
@@ -427,7 +428,7 @@ pub(crate) async fn run(
         let dir = data_dir.to_owned();
         tokio::task::spawn_blocking(move || idempotency::Idempotency::open(&dir))
             .await
-            .context("opening idempotency.db")??
+            .context("opening server.db")??
     };
     let poll_interval = built.config.global.poll_interval;
     let (state, made) = state(
@@ -455,6 +456,9 @@ pub(crate) async fn run(
 
     let wake = Arc::new(tokio::sync::Notify::new());
     let mut tasks = tokio::task::JoinSet::new();
+    if let Some(outbox) = built.outbox.clone() {
+        tasks.spawn(outbox.run(state.shutdown.clone()));
+    }
     tasks.spawn(reconcile_loop(state.clone(), wake.clone()));
     {
         let s = state.clone();
