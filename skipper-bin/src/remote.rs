@@ -1226,3 +1226,513 @@ impl SseParser {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+    use clap::Parser as _;
+    use skipper_core::model::{Step, StepStatus};
+    use wiremock::matchers::{body_json, header, header_exists, method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    use super::*;
+
+    fn cli(server: &str, args: &[&str]) -> Cli {
+        let base = ["skipper", "--url", server, "--token", "t0ken"];
+        Cli::try_parse_from(base.iter().chain(args)).expect("valid arguments")
+    }
+
+    fn instance(id: &str, project: &str, stage: &str) -> Instance {
+        Instance {
+            id: id.into(),
+            project: project.into(),
+            stage: stage.into(),
+            image: ImageRef::parse(&format!("127.0.0.1:5055/team/{project}:v2")).unwrap(),
+            tag: "v2".into(),
+            digest: Some(format!("sha256:{}", "ab".repeat(32))),
+            container_name: format!("skipper-{project}-{stage}-{id}"),
+            container_id: Some("c0ffee".into()),
+            address: Some("127.0.0.1:49153".into()),
+            upstream: None,
+            domain: format!("stage-{stage}-{project}-v2.localhost"),
+            state: InstanceState::Running,
+            active: true,
+            deployment_id: "9d8e7f6a5b4c".into(),
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+        }
+    }
+
+    fn deployment(id: &str, status: DeployStatus) -> Deployment {
+        let failed = status == DeployStatus::Failed;
+        Deployment {
+            id: id.into(),
+            project: "app".into(),
+            stage: "dev".into(),
+            image: ImageRef::parse("127.0.0.1:5055/team/app:v2").unwrap(),
+            tag: "v2".into(),
+            digest: None,
+            instance_id: None,
+            previous_instance: None,
+            replaced: vec!["0ld1nstance0".into()],
+            status,
+            trigger: Trigger::Manual,
+            steps: vec![StepRecord {
+                step: Step::Validate,
+                status: StepStatus::Done,
+                message: "may deploy".into(),
+                at: Utc::now(),
+            }],
+            error: failed.then(|| DeployError {
+                step: Step::Health,
+                kind: ErrorKind::Unhealthy,
+                message: "not healthy within 60s".into(),
+                logs: vec!["listening".into()],
+            }),
+            started_at: Utc::now(),
+            finished_at: (!matches!(status, DeployStatus::InProgress)).then(Utc::now),
+            settings: None,
+            correlation_id: None,
+        }
+    }
+
+    fn envelope(code: &str, message: &str) -> Value {
+        json!({ "error": { "code": code, "message": message, "request_id": "req-7" } })
+    }
+
+    async fn error_of(body: ResponseTemplate) -> (RemoteError, ErrorKind) {
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .and(path("/v1/projects"))
+            .respond_with(body)
+            .mount(&server)
+            .await;
+        let r = Remote::new(&server.uri(), Some("t0ken".to_owned().into())).unwrap();
+        let e = r.json(r.get(&["v1", "projects"])).await.unwrap_err();
+        let kind = kind_of(&e);
+        let e = e.downcast::<RemoteError>().expect("a RemoteError");
+        (e, kind)
+    }
+
+    #[tokio::test]
+    async fn error_envelopes_keep_the_servers_message_and_map_its_code() {
+        for (status, code, kind) in [
+            (422, "rejected", ErrorKind::Rejected),
+            (409, "conflict", ErrorKind::Conflict),
+            (404, "not_found", ErrorKind::NotFound),
+            (400, "invalid", ErrorKind::Invalid),
+            (502, "backend_unauthorized", ErrorKind::Unauthorized),
+            (422, "unprocessable", ErrorKind::Rejected),
+            (504, "timeout", ErrorKind::Timeout),
+            (418, "something_new", ErrorKind::Internal),
+        ] {
+            let body = ResponseTemplate::new(status).set_body_json(envelope(code, "what failed"));
+            let (e, k) = error_of(body).await;
+            assert_eq!((k, e.status), (kind, Some(status)), "{code}");
+            assert!(
+                e.message.starts_with("what failed"),
+                "{code}: {}",
+                e.message
+            );
+            // The request id is worth quoting only when the server failed.
+            assert_eq!(
+                e.message.contains("req-7"),
+                status >= 500,
+                "{code}: {}",
+                e.message
+            );
+        }
+        // A proxy's own error page: the status decides.
+        let page = ResponseTemplate::new(502).set_body_string("<html>Bad Gateway</html>");
+        let (e, k) = error_of(page).await;
+        assert_eq!(k, ErrorKind::Transient);
+        assert!(
+            e.message.contains("answered 502 Bad Gateway"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_or_missing_token_says_to_check_it_and_exits_1() {
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .and(path("/v1/projects"))
+            .respond_with(
+                ResponseTemplate::new(401).set_body_json(envelope("unauthorized", "no token")),
+            )
+            .mount(&server)
+            .await;
+        let r = Remote::new(&server.uri(), Some("wrong".to_owned().into())).unwrap();
+        let e = r.json(r.get(&["v1", "projects"])).await.unwrap_err();
+        assert_eq!(kind_of(&e), ErrorKind::Unauthorized);
+        assert!(
+            message(&e).contains("refused the token: check --token / SKIPPER_TOKEN"),
+            "{e:#}"
+        );
+        let r = Remote::new(&server.uri(), None).unwrap();
+        let e = r.json(r.get(&["v1", "projects"])).await.unwrap_err();
+        assert!(
+            message(&e).contains("needs its admin token: give --token or set SKIPPER_TOKEN"),
+            "{e:#}"
+        );
+        let code = run(&cli(&server.uri(), &["ps", "--json"])).await.unwrap();
+        assert_eq!(code, ExitCode::from(1));
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_server_says_what_to_check() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let url = format!("http://127.0.0.1:{port}");
+        let r = Remote::new(&url, None).unwrap();
+        let e = r.json(r.get(&["v1", "health"])).await.unwrap_err();
+        assert_eq!(kind_of(&e), ErrorKind::Transient);
+        assert_eq!(
+            message(&e),
+            format!(
+                "cannot reach the Skipper server at {url}: connection refused — is `skipper \
+                 serve` running there? (--url / SKIPPER_URL)"
+            )
+        );
+        let code = run(&cli(&url, &["history"])).await.unwrap();
+        assert_eq!(code, ExitCode::from(1));
+    }
+
+    #[tokio::test]
+    async fn usage_errors_exit_2() {
+        let server = MockServer::start().await;
+        for args in [
+            &["deploy", "app:v1", "--env", "A=b"][..],
+            &["deploy", "app:v1", "--max-instances", "3"],
+            &["deploy", "sha256:0123456789abcdef"],
+            &["watch", "--once"],
+            &["token", "rotate"],
+        ] {
+            let code = run(&cli(&server.uri(), args)).await.unwrap();
+            assert_eq!(code, ExitCode::from(2), "{args:?}");
+        }
+        let code = run(&cli("ftp://example.com", &["ps"])).await.unwrap();
+        assert_eq!(code, ExitCode::from(2));
+        let health = Cli::try_parse_from(["skipper", "health"]).unwrap();
+        let health = Cli {
+            global: crate::cli::Global {
+                url: None,
+                ..health.global
+            },
+            ..health
+        };
+        assert_eq!(run(&health).await.unwrap(), ExitCode::from(2));
+        assert!(
+            server.received_requests().await.unwrap().is_empty(),
+            "a refused flag sends nothing"
+        );
+    }
+
+    /// `stop 3f2a`: the projects, every stage's instances, then the stage's stop route with
+    /// the whole id, each with the token; the POST with an idempotency key.
+    #[tokio::test]
+    async fn instance_commands_find_the_instance_then_act_on_its_route() {
+        let server = MockServer::start().await;
+        let bearer = || header("authorization", "Bearer t0ken");
+        Mock::given(method("GET"))
+            .and(path("/v1/projects"))
+            .and(bearer())
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!([
+                { "name": "web", "image": "127.0.0.1:5055/team/web", "stages": { "dev": {}, "prod": {} } },
+            ])))
+            .expect(2)
+            .mount(&server)
+            .await;
+        let i = instance("3f2a9c0b7d41", "web", "prod");
+        Mock::given(method("GET"))
+            .and(path("/v1/projects/web/stages/prod/instances"))
+            .and(bearer())
+            .respond_with(
+                ResponseTemplate::new(200).set_body_json(json!([output::instance_json(&i)])),
+            )
+            .expect(2)
+            .mount(&server)
+            .await;
+        Mock::given(method("GET"))
+            .and(path("/v1/projects/web/stages/dev/instances"))
+            .and(bearer())
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!([])))
+            .expect(2)
+            .mount(&server)
+            .await;
+        let mut acted = output::instance_json(&i);
+        acted["action"] = "stopped".into();
+        Mock::given(method("POST"))
+            .and(path(
+                "/v1/projects/web/stages/prod/instances/3f2a9c0b7d41/stop",
+            ))
+            .and(bearer())
+            .and(header_exists("idempotency-key"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(acted))
+            .expect(1)
+            .mount(&server)
+            .await;
+        let code = run(&cli(&server.uri(), &["stop", "3f2a"])).await.unwrap();
+        assert_eq!(code, ExitCode::SUCCESS);
+        let reqs = server.received_requests().await.unwrap();
+        let stop = reqs.iter().find(|r| r.method.as_str() == "POST").unwrap();
+        let key = stop
+            .headers
+            .get("idempotency-key")
+            .unwrap()
+            .to_str()
+            .unwrap();
+        assert!(uuid::Uuid::parse_str(key).is_ok(), "{key}");
+
+        // An id no instance has is the engine's own not-found, exit 1 (and no POST: the stop
+        // mock expects exactly one).
+        let code = run(&cli(&server.uri(), &["stop", "ffff"])).await;
+        assert_eq!(code.unwrap(), ExitCode::from(1));
+    }
+
+    #[test]
+    fn ids_resolve_as_the_engine_resolves_them() {
+        let doc = |id: &str| {
+            InstanceDoc::deserialize(&output::instance_json(&instance(id, "web", "dev"))).unwrap()
+        };
+        let all = || vec![doc("3f2a9c0b7d41"), doc("3f2a11111111"), doc("3f2a")];
+        assert_eq!(
+            resolve_instance(all(), "3f2a").unwrap().id,
+            "3f2a",
+            "exact wins"
+        );
+        assert_eq!(resolve_instance(all(), "3f2a9").unwrap().id, "3f2a9c0b7d41");
+        let e = resolve_instance(all(), "3f2a1").unwrap();
+        assert_eq!(e.id, "3f2a11111111");
+        let e =
+            resolve_instance(vec![doc("3f2a9c0b7d41"), doc("3f2a11111111")], "3f2a").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Conflict);
+        assert!(
+            e.to_string().contains("2 instances start with \"3f2a\""),
+            "{e}"
+        );
+        let e = resolve_instance(all(), "3f").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Invalid);
+        let e = resolve_instance(all(), "beef").unwrap_err();
+        assert_eq!(e.to_string(), "instance \"beef\" not found");
+    }
+
+    /// `deploy` to a stage the server has: the tag and confirmation posted with an idempotency
+    /// key, then the deploy's event stream followed to `done`; a failed deploy exits 1.
+    #[tokio::test]
+    async fn deploy_posts_the_tag_and_follows_the_event_stream() {
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .and(path("/v1/projects/app"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+                "name": "app", "image": "127.0.0.1:5055/team/app", "stages": { "dev": {} },
+            })))
+            .mount(&server)
+            .await;
+        let started =
+            output::deployment_json(&deployment("d1", DeployStatus::InProgress), None, None);
+        Mock::given(method("POST"))
+            .and(path("/v1/projects/app/stages/dev/instances"))
+            .and(header("authorization", "Bearer t0ken"))
+            .and(header_exists("idempotency-key"))
+            .and(body_json(json!({ "tag": "v2", "confirm": true })))
+            .respond_with(ResponseTemplate::new(202).set_body_json(started))
+            .expect(1)
+            .mount(&server)
+            .await;
+        let done = output::deployment_json(&deployment("d1", DeployStatus::Failed), None, None);
+        let stream = format!(
+            ": keep-alive\n\nevent: step\nid: 0\ndata: {}\n\nevent: done\nid: 1\ndata: {}\n\n",
+            json!({ "deploy_id": "d1", "n": 0, "step": "validate", "status": "done", "message": "ok" }),
+            done
+        );
+        Mock::given(method("GET"))
+            .and(path("/v1/deploys/d1/events"))
+            .respond_with(ResponseTemplate::new(200).set_body_raw(stream, "text/event-stream"))
+            .expect(1)
+            .mount(&server)
+            .await;
+        let args = ["deploy", "127.0.0.1:5055/team/app:v2", "--yes", "--json"];
+        let code = run(&cli(&server.uri(), &args)).await.unwrap();
+        assert_eq!(code, ExitCode::from(1), "the deploy failed");
+
+        // A repository other than the project's is refused before anything is posted.
+        let args = ["deploy", "127.0.0.1:5055/team/other:v2", "--project", "app"];
+        let code = run(&cli(&server.uri(), &args)).await.unwrap();
+        assert_eq!(code, ExitCode::from(1));
+    }
+
+    /// A project the server does not know: a quick deploy with the flags it takes; an answer
+    /// that already ended needs no event stream.
+    #[tokio::test]
+    async fn deploy_of_a_new_project_is_a_quick_deploy() {
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .and(path("/v1/projects/app"))
+            .respond_with(
+                ResponseTemplate::new(404).set_body_json(envelope("not_found", "no project")),
+            )
+            .mount(&server)
+            .await;
+        let mut done =
+            output::deployment_json(&deployment("d2", DeployStatus::Succeeded), None, None);
+        done["instance"] = json!({
+            "id": "5450cf182056", "container_id": "c0ffee", "container_name": "skipper-app-dev-5450cf182056",
+            "address": "127.0.0.1:32788", "domain": "stage-dev-app-v2.localhost",
+        });
+        Mock::given(method("POST"))
+            .and(path("/v1/deploy/quick"))
+            .and(header_exists("idempotency-key"))
+            .and(body_json(json!({
+                "image": "127.0.0.1:5055/team/app:v2", "project": "app", "stage": "dev",
+                "port": 8080, "health_path": "/health",
+            })))
+            .respond_with(ResponseTemplate::new(202).set_body_json(done))
+            .expect(1)
+            .mount(&server)
+            .await;
+        Mock::given(method("GET"))
+            .and(path("/v1/deploys/d2/events"))
+            .respond_with(ResponseTemplate::new(500))
+            .expect(0)
+            .mount(&server)
+            .await;
+        let args = [
+            "deploy",
+            "127.0.0.1:5055/team/app:v2",
+            "--port",
+            "8080",
+            "--health-path",
+            "/health",
+        ];
+        let code = run(&cli(&server.uri(), &args)).await.unwrap();
+        assert_eq!(code, ExitCode::SUCCESS);
+    }
+
+    /// A deploy the server refuses (a 422 envelope) is a refusal: exit 1, the server's words.
+    #[tokio::test]
+    async fn a_refused_deploy_exits_1() {
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .and(path("/v1/projects/app"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+                "name": "app", "image": "127.0.0.1:5055/team/app", "stages": { "prod": {} },
+            })))
+            .mount(&server)
+            .await;
+        Mock::given(method("POST"))
+            .and(path("/v1/projects/app/stages/prod/instances"))
+            .respond_with(
+                ResponseTemplate::new(422)
+                    .set_body_json(envelope("rejected", "stage prod needs --yes")),
+            )
+            .expect(1)
+            .mount(&server)
+            .await;
+        let args = [
+            "deploy",
+            "127.0.0.1:5055/team/app:v2",
+            "-s",
+            "prod",
+            "--json",
+        ];
+        let code = run(&cli(&server.uri(), &args)).await.unwrap();
+        assert_eq!(code, ExitCode::from(1));
+    }
+
+    /// A POST that got no answer in time is sent once more with the same key, so the server
+    /// answers the second with the first one's answer instead of deploying twice.
+    #[tokio::test]
+    async fn an_unanswered_post_is_asked_again_with_the_same_key() {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .and(path("/v1/deploy/quick"))
+            .respond_with(
+                ResponseTemplate::new(202)
+                    .set_body_json(json!({}))
+                    .set_delay(Duration::from_secs(5)),
+            )
+            .mount(&server)
+            .await;
+        let mut r = Remote::new(&server.uri(), None).unwrap();
+        r.post_timeout = Duration::from_millis(100);
+        let req = r
+            .request(Method::POST, &["v1", "deploy", "quick"])
+            .json(&json!({ "image": "app:v1" }))
+            .idempotent()
+            .answers_at_once();
+        let e = r.json(req).await.unwrap_err();
+        assert_eq!(kind_of(&e), ErrorKind::Timeout, "{e:#}");
+        let reqs = server.received_requests().await.unwrap();
+        let keys: Vec<_> = reqs
+            .iter()
+            .map(|r| r.headers.get("idempotency-key").cloned())
+            .collect();
+        assert_eq!(keys.len(), 2, "asked twice");
+        assert!(keys[0].is_some() && keys[0] == keys[1], "{keys:?}");
+    }
+
+    #[test]
+    fn the_sse_parser_takes_lines_cut_anywhere() {
+        let text = ": keep-alive\r\n\r\nevent: step\r\ndata: {\"n\":0}\r\n\r\nevent: done\ndata: a\ndata:b\n\ndata: plain\n\n";
+        let all = SseParser::default().push(text.as_bytes());
+        let want = vec![
+            SseEvent {
+                event: "step".into(),
+                data: "{\"n\":0}".into(),
+            },
+            SseEvent {
+                event: "done".into(),
+                data: "a\nb".into(),
+            },
+            SseEvent {
+                event: "message".into(),
+                data: "plain".into(),
+            },
+        ];
+        assert_eq!(all, want);
+        // Byte by byte (a UTF-8 character cut in two included), the same events.
+        let text = "event: step\ndata: é\n\n";
+        let mut p = SseParser::default();
+        let got: Vec<SseEvent> = text.as_bytes().iter().flat_map(|b| p.push(&[*b])).collect();
+        assert_eq!(
+            got,
+            [SseEvent {
+                event: "step".into(),
+                data: "é".into()
+            }]
+        );
+    }
+
+    /// The documents read back print as the engine's records do: `deployment_json` of the
+    /// parts is the document again.
+    #[test]
+    fn documents_read_back_are_the_records() {
+        let d = deployment("d3", DeployStatus::Failed);
+        let i = instance("5450cf182056", "app", "dev");
+        let doc = output::deployment_json(&d, Some(&i), Some("http://127.0.0.1:49153"));
+        let (d2, i2, url) = DeploymentDoc::deserialize(&doc)
+            .unwrap()
+            .into_parts()
+            .unwrap();
+        assert_eq!(
+            output::deployment_json(&d2, i2.as_ref(), url.as_deref()),
+            doc
+        );
+        let doc = output::instance_json(&i);
+        let back = InstanceDoc::deserialize(&doc)
+            .unwrap()
+            .into_instance()
+            .unwrap();
+        assert_eq!(output::instance_json(&back), doc);
+        let r = ReconcileReport {
+            missing: vec!["a".into()],
+            foreign: vec!["b".into()],
+            ..ReconcileReport::default()
+        };
+        assert_eq!(reconcile_report(&serde_json::to_value(&r).unwrap()), r);
+    }
+}
