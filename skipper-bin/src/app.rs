@@ -282,6 +282,10 @@ pub(crate) fn registries(config: &Config) -> Result<skipper_registry::Registries
 
 /// Run the command; the exit code says whether it succeeded.
 pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
+    if crate::remote::wanted(&cli) {
+        // `--url`: the same command, as requests to a Skipper server.
+        return crate::remote::run(&cli).await;
+    }
     if let Command::Tags(args) = &cli.command {
         // Only the registry: no Docker engine, no store.
         return crate::tags::run(&cli, args).await;
@@ -426,7 +430,9 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Tags(args) => crate::tags::run(&cli, args).await,
         Command::Watch(args) => crate::watch::run(&app, args, json).await,
-        Command::Serve(_) | Command::Token(_) | Command::Config(_) => Ok(ExitCode::SUCCESS),
+        Command::Serve(_) | Command::Token(_) | Command::Config(_) | Command::Health => {
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Reconcile => {
             if json {
                 outln!("{}", serde_json::to_value(&report)?);
@@ -516,7 +522,7 @@ async fn resolve_project_locked(
 }
 
 /// The default project name for an image: its last path component, as a DNS-safe label.
-fn project_from_image(image: &ImageRef) -> String {
+pub(crate) fn project_from_image(image: &ImageRef) -> String {
     let base = image.repository().rsplit('/').next().unwrap_or("app");
     let mut name = skipper_core::subdomain::sanitize(base);
     name.truncate(40);

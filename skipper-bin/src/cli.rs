@@ -29,6 +29,14 @@ pub(crate) struct Global {
     /// More logging on stderr (-v info, -vv debug). RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub(crate) verbose: u8,
+    /// Run the command on a Skipper server (`skipper serve`) instead of this host's Docker
+    /// engine and store, e.g. http://127.0.0.1:8080. Every command but `serve`, `watch` and
+    /// `token rotate` works against one.
+    #[arg(long, global = true, env = "SKIPPER_URL")]
+    pub(crate) url: Option<String>,
+    /// The server's admin token (with --url).
+    #[arg(long, global = true, env = "SKIPPER_TOKEN", hide_env_values = true, value_parser = secret())]
+    pub(crate) token: Option<secrecy::SecretString>,
 }
 
 impl Cli {
@@ -47,7 +55,24 @@ impl Global {
                 *path = None;
             }
         }
+        if self.url.as_deref().is_some_and(|u| u.trim().is_empty()) {
+            self.url = None;
+        }
+        use secrecy::ExposeSecret as _;
+        if self
+            .token
+            .as_ref()
+            .is_some_and(|t| t.expose_secret().is_empty())
+        {
+            self.token = None;
+        }
     }
+}
+
+/// A secret from the command line or the environment, kept out of `Debug`.
+fn secret() -> impl clap::builder::TypedValueParser<Value = secrecy::SecretString> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::StringValueParser::new().map(secrecy::SecretString::from)
 }
 
 /// A path that may be empty (then [`Global::unset_empty`] unsets it): clap's own path parser
@@ -112,6 +137,8 @@ pub(crate) enum Command {
     /// Run the control plane: the /v1 API, webhooks, event streams, the registry watcher and
     /// a periodic reconcile.
     Serve(ServeArgs),
+    /// Check that a Skipper server answers (`--url`; no token needed).
+    Health,
     /// The server's admin token.
     #[command(subcommand)]
     Token(TokenCommand),

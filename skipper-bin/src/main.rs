@@ -11,6 +11,7 @@
 mod app;
 mod cli;
 mod output;
+mod remote;
 mod server;
 mod signals;
 mod tags;

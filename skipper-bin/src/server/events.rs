@@ -115,11 +115,11 @@ pub(crate) async fn deploy_events(
                 }
                 Err(RecvError::Closed) => return,
             };
-            for n in sent..now.steps.len() {
-                if tx.send(step_event(&now, n)).await.is_err() {
+            while sent < now.steps.len() {
+                if tx.send(step_event(&now, sent)).await.is_err() {
                     return;
                 }
-                sent = n + 1;
+                sent += 1;
             }
             if finished {
                 let doc = crate::app::deployment_document(&engine, &now).await;
