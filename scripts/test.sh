@@ -10,6 +10,7 @@
 #    real engine and registries, one at a time. Here a missing engine or test environment fails
 #    them loudly (SKIPPER_TEST_STRICT=1), as under CI=true; run by hand without this script, a
 #    test that cannot find its engine says why and is skipped.
+# 4. scripts/schemathesis.sh fuzzes the API of `skipper serve` from its OpenAPI document.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -18,3 +19,5 @@ scripts/test-env.sh
 cargo build -p skipper-bin --bin skipper
 cargo test --workspace --all-features
 cargo test --workspace --all-features -- --ignored --test-threads=1
+# 4. The API fuzzed from its own OpenAPI document: no 5xx, every answer as documented.
+SCHEMATHESIS_MAX_TIME="${SCHEMATHESIS_MAX_TIME:-45}" scripts/schemathesis.sh

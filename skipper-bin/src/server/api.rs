@@ -48,10 +48,26 @@ fn project_json(p: &Project) -> Value {
 }
 
 /// Parse a project document; `name` from the path wins, a different `name` in the body is a 400.
+/// `null` is "not given", for a field and for a stage's field.
+fn drop_nulls(doc: &mut serde_json::Map<String, Value>) {
+    doc.retain(|_, v| !v.is_null());
+    for v in doc.values_mut() {
+        if let Value::Object(m) = v {
+            m.retain(|_, v| !v.is_null());
+            for s in m.values_mut() {
+                if let Value::Object(f) = s {
+                    f.retain(|_, v| !v.is_null());
+                }
+            }
+        }
+    }
+}
+
 fn parse_project(state: &AppState, name: Option<&str>, mut doc: Value) -> ApiResult<Project> {
     let obj = doc
         .as_object_mut()
         .ok_or_else(|| ApiError::bad_request("a project is a JSON object"))?;
+    drop_nulls(obj);
     let in_body = match obj.remove("name") {
         Some(Value::String(s)) => Some(s),
         Some(_) => return Err(ApiError::bad_request("name: must be a string")),
@@ -93,7 +109,7 @@ pub(crate) async fn list_projects(State(s): State<AppState>) -> ApiResult<Json> 
 }
 
 /// Create a project: the fields of a project in `skipper.yaml`, plus `name`.
-#[utoipa::path(post, path = "/v1/projects", tag = "projects", request_body = Object,
+#[utoipa::path(post, path = "/v1/projects", tag = "projects", request_body = super::schema::ProjectDoc,
     responses((status = 201, description = "Created", body = Object),
         (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub(crate) async fn create_project(
@@ -137,7 +153,7 @@ pub(crate) async fn get_project(
 /// Replace a project's settings (its stages included). Running instances keep running; the
 /// next deploy uses the new settings.
 #[utoipa::path(put, path = "/v1/projects/{project}", tag = "projects",
-    params(("project" = String, Path)), request_body = Object,
+    params(("project" = String, Path)), request_body = super::schema::ProjectFields,
     responses((status = 200, body = Object), (status = 201, body = Object),
         (status = 400, body = ErrorBody)))]
 pub(crate) async fn put_project(
@@ -202,6 +218,7 @@ fn stage_body(mut doc: Value, name: Option<&str>) -> ApiResult<(String, Value)> 
     let obj = doc
         .as_object_mut()
         .ok_or_else(|| ApiError::bad_request("a stage is a JSON object"))?;
+    obj.retain(|_, v| !v.is_null());
     let in_body = match obj.remove("name") {
         Some(Value::String(s)) => Some(s),
         Some(_) => return Err(ApiError::bad_request("name: must be a string")),
@@ -223,7 +240,7 @@ fn stage_body(mut doc: Value, name: Option<&str>) -> ApiResult<(String, Value)> 
 /// Add a stage: `{"name":"dev","tag_pattern":"dev-*",…}` (the fields of a stage in
 /// `skipper.yaml`).
 #[utoipa::path(post, path = "/v1/projects/{project}/stages", tag = "projects",
-    params(("project" = String, Path)), request_body = Object,
+    params(("project" = String, Path)), request_body = super::schema::StageDoc,
     responses((status = 201, description = "The project with its new stage", body = Object),
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody)))]
@@ -253,7 +270,7 @@ pub(crate) async fn create_stage(
 
 /// Replace a stage's settings.
 #[utoipa::path(put, path = "/v1/projects/{project}/stages/{stage}", tag = "projects",
-    params(("project" = String, Path), ("stage" = String, Path)), request_body = Object,
+    params(("project" = String, Path), ("stage" = String, Path)), request_body = super::schema::StageFields,
     responses((status = 200, description = "The project", body = Object),
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(crate) async fn put_stage(
@@ -321,6 +338,7 @@ pub(crate) async fn list_instances(
 #[serde(deny_unknown_fields)]
 pub(crate) struct DeployBody {
     /// The tag to deploy (in the project's repository).
+    #[schema(pattern = "^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")]
     tag: String,
     /// The confirmation a `confirm: true` stage needs.
     #[serde(default)]
@@ -592,6 +610,11 @@ pub(crate) async fn tags(
 #[serde(deny_unknown_fields)]
 pub(crate) struct InspectBody {
     /// An image reference with a tag (`127.0.0.1:5000/team/app:v1`).
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = "^[a-z0-9]+([._/:-][a-z0-9]+)*:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
+    )]
     image: String,
 }
 
@@ -631,12 +654,18 @@ pub(crate) async fn inspect(
 #[serde(deny_unknown_fields)]
 pub(crate) struct QuickBody {
     /// An image reference with a tag.
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = "^[a-z0-9]+([._/:-][a-z0-9]+)*:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
+    )]
     image: String,
     /// The project (default: from the repository's name).
     project: Option<String>,
     /// The stage (default `dev`).
     stage: Option<String>,
     /// The app port (default: the image's EXPOSE).
+    #[schema(minimum = 1, maximum = 65535)]
     port: Option<u16>,
     /// The health path (default: the image's `dev.skipper.health-path` label).
     health_path: Option<String>,
@@ -826,7 +855,7 @@ pub(crate) async fn reconcile(State(s): State<AppState>) -> ApiResult<Json> {
 /// Every project as `skipper.yaml`'s `projects:` section (registries and secrets are not
 /// exported).
 #[utoipa::path(get, path = "/v1/config/export", tag = "config",
-    responses((status = 200, description = "YAML", content_type = "application/yaml", body = String)))]
+    responses((status = 200, description = "YAML", content_type = "application/yaml", body = super::schema::ConfigDoc)))]
 pub(crate) async fn export_config(State(s): State<AppState>) -> ApiResult<Response> {
     let list = s.engine.store().list_projects().await?;
     Ok((
@@ -838,10 +867,15 @@ pub(crate) async fn export_config(State(s): State<AppState>) -> ApiResult<Respon
 
 /// Import a `skipper.yaml` (its projects are created or replaced; others are left alone).
 #[utoipa::path(post, path = "/v1/config/import", tag = "config",
-    request_body(content = String, content_type = "application/yaml"),
+    request_body(content = super::schema::ConfigDoc, content_type = "application/yaml"),
     responses((status = 200, description = "The projects imported", body = Object),
         (status = 400, body = ErrorBody)))]
 pub(crate) async fn import_config(State(s): State<AppState>, body: String) -> ApiResult<Json> {
+    if body.trim().is_empty() {
+        return Err(ApiError::bad_request(
+            "the body is empty: send a skipper.yaml",
+        ));
+    }
     let config = Config::parse(&body)?;
     let names = crate::server::import_projects(&s.engine, &config).await?;
     Ok(axum::Json(json!({ "imported": names })))

@@ -13,6 +13,7 @@ pub(crate) mod extract;
 pub(crate) mod idempotency;
 pub(crate) mod metrics;
 pub(crate) mod outbox;
+pub(crate) mod schema;
 pub(crate) mod webhook;
 
 #[cfg(test)]
@@ -117,11 +118,55 @@ impl utoipa::Modify for Security {
     }
 }
 
-/// Mark every operation of `doc` as needing the admin token, with its 401.
-fn require_bearer(doc: &mut utoipa::openapi::OpenApi) {
-    use utoipa::openapi::security::SecurityRequirement;
+fn error_response(what: &str) -> utoipa::openapi::RefOr<utoipa::openapi::Response> {
     use utoipa::openapi::{RefOr, ResponseBuilder, content::Content};
-    for item in doc.paths.paths.values_mut() {
+    RefOr::T(
+        ResponseBuilder::new()
+            .description(what)
+            .content(
+                "application/json",
+                Content::new(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name(
+                    "ErrorBody",
+                )))),
+            )
+            .build(),
+    )
+}
+
+/// The error statuses any operation may answer with, in the envelope: the status says the
+/// kind of error (see `ApiError::from_kind`).
+const ERROR_STATUSES: [(&str, &str); 9] = [
+    (
+        "400",
+        "A malformed body, parameter or field (named in the message)",
+    ),
+    ("404", "Something named does not exist"),
+    (
+        "409",
+        "A conflict with what exists, or an idempotent request still running",
+    ),
+    ("413", "The body is over 1 MiB"),
+    ("415", "The body is not of the documented content type"),
+    (
+        "422",
+        "Refused by a rule (a stage's pattern, confirmation, promotion), or an idempotency key reused with another body",
+    ),
+    ("429", "A backend asked to slow down"),
+    (
+        "502",
+        "A backend (Docker, a registry, the proxy) failed or refused Skipper's credentials",
+    ),
+    ("504", "A backend did not answer in time"),
+];
+
+/// Document the error envelope on every operation of `doc`, and, when `bearer`, the admin
+/// token with its 401.
+fn document_errors(doc: &mut utoipa::openapi::OpenApi, bearer: bool) {
+    use utoipa::openapi::security::SecurityRequirement;
+    for (path, item) in doc.paths.paths.iter_mut() {
+        if path == "/v1/health" {
+            continue;
+        }
         for op in [
             &mut item.get,
             &mut item.post,
@@ -132,26 +177,18 @@ fn require_bearer(doc: &mut utoipa::openapi::OpenApi) {
         .into_iter()
         .flatten()
         {
-            op.security = Some(vec![SecurityRequirement::new(
-                "bearer",
-                Vec::<String>::new(),
-            )]);
-            op.responses
-                .responses
-                .entry("401".into())
-                .or_insert_with(|| {
-                    RefOr::T(
-                        ResponseBuilder::new()
-                            .description("No valid admin token")
-                            .content(
-                                "application/json",
-                                Content::new(Some(RefOr::Ref(
-                                    utoipa::openapi::Ref::from_schema_name("ErrorBody"),
-                                ))),
-                            )
-                            .build(),
-                    )
-                });
+            let r = &mut op.responses.responses;
+            for (code, what) in ERROR_STATUSES {
+                r.entry(code.into()).or_insert_with(|| error_response(what));
+            }
+            if bearer {
+                op.security = Some(vec![SecurityRequirement::new(
+                    "bearer",
+                    Vec::<String>::new(),
+                )]);
+                r.entry("401".into())
+                    .or_insert_with(|| error_response("No valid admin token"));
+            }
         }
     }
 }
@@ -198,8 +235,9 @@ fn protected_routes() -> OpenApiRouter<AppState> {
 /// The whole server: every route, its middleware, the OpenAPI document.
 pub(crate) fn app(state: AppState) -> Router {
     let (public, mut doc) = public_routes().split_for_parts();
+    document_errors(&mut doc, false);
     let (protected, mut protected_doc) = protected_routes().split_for_parts();
-    require_bearer(&mut protected_doc);
+    document_errors(&mut protected_doc, true);
     doc.merge(protected_doc);
     let doc = Arc::new(serde_json::to_value(&doc).unwrap_or_default());
     let protected = protected
