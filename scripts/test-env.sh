@@ -36,7 +36,7 @@ AUTH_PASSWORD="skipper-pass"
 LOCAL_REPO="skipper-test/app"
 REMOTE_REPO="team/app"
 VARIANTS=(v1 v2 unhealthy crash slow healthcheck stubborn)
-PACKAGES=(busybox-static docker-registry apache2-utils)
+PACKAGES=(busybox-static docker-registry apache2-utils docker-compose)
 
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'test-env: error: %s\n' "$*" >&2; exit 1; }

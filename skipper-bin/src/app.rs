@@ -150,7 +150,12 @@ pub(crate) async fn build(cli: &Cli) -> Result<App> {
             .await
             .context("opening the store")??
     };
-    let mut runtime = DockerRuntime::connect().await?;
+    // In a container of its own (the image sets it), Skipper reaches the apps over their shared
+    // network: nothing is published on the host, probes go to the container's address.
+    let in_container = env_nonempty("SKIPPER_IN_CONTAINER").as_deref() == Some("1");
+    let mut runtime = DockerRuntime::connect()
+        .await?
+        .with_probe_via_network(in_container);
     let scope = env_nonempty("SKIPPER_SCOPE");
     if let Some(scope) = &scope {
         runtime = runtime.with_scope(scope.clone());
@@ -166,7 +171,7 @@ pub(crate) async fn build(cli: &Cli) -> Result<App> {
     let settings = EngineSettings {
         domains: config.global.domains(),
         network: config.global.network.clone(),
-        publish: true,
+        publish: !in_container,
         upstream,
         scope,
         lock_ttl: Duration::from_secs(10),

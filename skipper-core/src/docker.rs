@@ -37,6 +37,16 @@
 //! `published` (it may predate the start) it inspects the container again for a binding of the
 //! probed port, and answers `status: None, detail: "not published"` if there is none.
 //!
+//! # Probing over the network instead
+//! A Skipper that runs in a container of its own (next to the apps, on their shared network)
+//! cannot reach ports published on the host's `127.0.0.1`. With
+//! [`DockerRuntime::with_probe_via_network`] `probe_http` GETs
+//! `http://<container IP>:<port><path>` instead, the IP being the container's address on its own
+//! network (`HostConfig.NetworkMode`, read from a fresh inspect: an IP changes when a container
+//! restarts). The embedder then creates containers without [`ContainerSpec::publish`]. A
+//! container with no address on its network answers `status: None, detail: "no address on
+//! network ..."`.
+//!
 //! # Registry credentials
 //! `pull` sends the [`Credentials`] it is given. Without them it looks in the Docker CLI config
 //! (`$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`) as `docker pull` would, with
@@ -90,7 +100,9 @@ pub const PORT_LABEL: &str = crate::model::labels::PORT;
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The Docker [`Runtime`]: containers, images and networks on one Docker engine, through bollard,
-/// and HTTP health probes through reqwest to ports published on 127.0.0.1.
+/// and HTTP health probes through reqwest to ports published on 127.0.0.1 (or, with
+/// [`with_probe_via_network`](Self::with_probe_via_network), to the container's address on its
+/// network).
 ///
 /// Cheap to clone; clones share the connection.
 #[derive(Clone)]
@@ -100,6 +112,8 @@ pub struct DockerRuntime {
     scope: Option<String>,
     docker_config: Option<PathBuf>,
     http: reqwest::Client,
+    /// Probe the container's address on its network instead of its published port.
+    probe_via_network: bool,
     /// Serialises `ensure_network` in this process (engines before API 1.44 do not reject a
     /// second network with the same name).
     network_lock: Arc<tokio::sync::Mutex<()>>,
@@ -182,6 +196,7 @@ impl DockerRuntime {
             scope: None,
             docker_config: default_docker_config_dir(),
             http,
+            probe_via_network: false,
             network_lock: Arc::new(tokio::sync::Mutex::new(())),
         })
     }
@@ -199,6 +214,14 @@ impl DockerRuntime {
     /// `~/.docker`.
     pub fn with_docker_config(mut self, dir: Option<PathBuf>) -> Self {
         self.docker_config = dir;
+        self
+    }
+
+    /// Health probes go to the container's IP address on its own network and the app port
+    /// (`http://172.18.0.5:8080/health`), not to a port published on `127.0.0.1`: for a Skipper
+    /// that runs in a container attached to the apps' network. Off by default.
+    pub fn with_probe_via_network(mut self, on: bool) -> Self {
+        self.probe_via_network = on;
         self
     }
 
@@ -545,6 +568,19 @@ impl Runtime for DockerRuntime {
         timeout: Duration,
     ) -> Result<ProbeResult> {
         let published = match &container.published {
+            _ if self.probe_via_network => {
+                // Always a fresh inspect: the address is assigned at start and may change.
+                let fresh = self.inspect_raw(&container.id).await?;
+                match network_address(&fresh, port) {
+                    Ok(address) => address,
+                    Err(detail) => {
+                        return Ok(ProbeResult {
+                            status: None,
+                            detail,
+                        });
+                    }
+                }
+            }
             Some(p) => p.clone(),
             // The caller's view may predate the start; ask again (this also tells a container
             // that is gone, the one failure that is an error).
@@ -807,6 +843,43 @@ fn binding_for(ports: Option<&PortMap>, port: u16) -> Option<String> {
         .filter(reachable)
         .min_by_key(|b| b.host_ip.as_deref() != Some("127.0.0.1"))?;
     Some(format!("127.0.0.1:{}", binding.host_port.as_deref()?))
+}
+
+/// `<ip>:<port>` of the container on its own network (`HostConfig.NetworkMode`), for a probe
+/// from a container on that network; `Err` says why there is none. A container whose network
+/// mode names no network it is attached to (`default`, or one attached by hand) uses its only
+/// attached network with an address, if it has exactly one.
+fn network_address(
+    resp: &ContainerInspectResponse,
+    port: u16,
+) -> std::result::Result<String, String> {
+    let mode = resp
+        .host_config
+        .as_ref()
+        .and_then(|h| h.network_mode.as_deref())
+        .unwrap_or("default");
+    let networks = resp
+        .network_settings
+        .as_ref()
+        .and_then(|n| n.networks.as_ref());
+    let ip_on = |e: &EndpointSettings| {
+        e.ip_address
+            .as_deref()
+            .filter(|ip| !ip.is_empty())
+            .map(str::to_owned)
+    };
+    let ip = match networks.and_then(|n| n.get(mode)) {
+        Some(endpoint) => ip_on(endpoint),
+        None => {
+            let mut ips = networks.into_iter().flatten().filter_map(|(_, e)| ip_on(e));
+            match (ips.next(), ips.next()) {
+                (Some(ip), None) => Some(ip),
+                _ => None,
+            }
+        }
+    };
+    ip.map(|ip| format!("{ip}:{port}"))
+        .ok_or_else(|| format!("no address on network {mode}"))
 }
 
 /// The published address of the app port: the port in [`PORT_LABEL`], else the lowest published
@@ -1484,6 +1557,56 @@ mod tests {
         "NetworkSettings": {"Ports": {"8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": "49153"}]},
                             "Networks": {"skipper": {"Aliases": ["web-dev-1", "4f1c"], "IPAddress": ""}}}
     }"#;
+
+    #[test]
+    fn the_network_address_is_the_ip_on_the_containers_own_network() {
+        let inspect = |mode: &str, networks: &str| -> ContainerInspectResponse {
+            serde_json::from_str(&format!(
+                r#"{{"Id": "4f1c", "HostConfig": {{"NetworkMode": "{mode}"}},
+                    "NetworkSettings": {{"Networks": {networks}}}}}"#
+            ))
+            .unwrap()
+        };
+        let two =
+            r#"{"other": {"IPAddress": "172.19.0.4"}, "skipper-net": {"IPAddress": "172.18.0.5"}}"#;
+        assert_eq!(
+            network_address(&inspect("skipper-net", two), 8080),
+            Ok("172.18.0.5:8080".to_owned()),
+            "the network it was created on, not another one it is attached to"
+        );
+        assert_eq!(
+            network_address(
+                &inspect("skipper-net", r#"{"skipper-net": {"IPAddress": ""}}"#),
+                80
+            ),
+            Err("no address on network skipper-net".to_owned()),
+            "not running: no address yet"
+        );
+        assert_eq!(
+            network_address(
+                &inspect("default", r#"{"bridge": {"IPAddress": "172.17.0.2"}}"#),
+                80
+            ),
+            Ok("172.17.0.2:80".to_owned()),
+            "the network mode names no network: its only one"
+        );
+        assert_eq!(
+            network_address(&inspect("default", two), 80),
+            Err("no address on network default".to_owned()),
+            "several and none named: no guess"
+        );
+        let bare: ContainerInspectResponse = serde_json::from_str(r#"{"Id": "4f1c"}"#).unwrap();
+        assert_eq!(
+            network_address(&bare, 80),
+            Err("no address on network default".to_owned())
+        );
+        // The 20.10 answer of an exited container: attached, no address.
+        let old: ContainerInspectResponse = serde_json::from_str(INSPECT_20_10).unwrap();
+        assert_eq!(
+            network_address(&old, 8080),
+            Err("no address on network skipper".to_owned())
+        );
+    }
 
     #[test]
     fn container_info_from_an_old_engine() {

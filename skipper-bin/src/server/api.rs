@@ -343,6 +343,20 @@ pub(crate) struct DeployBody {
     /// The confirmation a `confirm: true` stage needs.
     #[serde(default)]
     confirm: bool,
+    /// When to pull: `always` (default), `missing` (use the image if the engine has it),
+    /// `never`.
+    #[serde(default)]
+    pull: PullBody,
+}
+
+/// A deploy's `pull`.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum PullBody {
+    #[default]
+    Always,
+    Missing,
+    Never,
 }
 
 /// `?wait=true`: answer when the deploy ends.
@@ -446,6 +460,11 @@ pub(crate) async fn deploy(
         .map_err(|e| ApiError::bad_request(format!("tag: {}", e.chain())))?;
     let mut req = DeployRequest::new(&project, &stage, image);
     req.confirmed = body.confirm;
+    req.pull = match body.pull {
+        PullBody::Always => skipper_core::PullPolicy::Always,
+        PullBody::Missing => skipper_core::PullPolicy::Missing,
+        PullBody::Never => skipper_core::PullPolicy::Never,
+    };
     req.trigger = Trigger::Manual;
     req.correlation_id = correlation(&headers);
     start_deploy(&s, req, q.wait).await

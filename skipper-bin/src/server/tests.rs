@@ -815,3 +815,23 @@ async fn no_input_makes_the_server_answer_5xx() {
         assert!(a.status.is_client_error(), "{p}: {}", a.status);
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_deploy_can_use_an_image_the_engine_has_without_pulling() {
+    use skipper_core::testing::Op;
+    let t = harness().await;
+    t.create_web().await;
+    let path = "/v1/projects/web/stages/dev/instances?wait=true";
+    let deploy = |body: Value| t.req("POST", path, Some(body));
+    let a = deploy(json!({"tag": "v1"})).await;
+    assert_eq!(a.body["status"], "succeeded", "{}", a.text);
+    assert_eq!(t.rt.calls(Op::Pull), 1, "always, by default");
+    let b = deploy(json!({"tag": "v2", "pull": "never"})).await;
+    assert_eq!(b.body["status"], "failed", "{}", b.text);
+    assert_eq!(b.body["error"]["step"], "pull", "{}", b.text);
+    let c = deploy(json!({"tag": "v1", "pull": "missing"})).await;
+    assert_eq!(c.body["status"], "succeeded", "{}", c.text);
+    assert_eq!(t.rt.calls(Op::Pull), 1, "v1 is present: no second pull");
+    let bad = deploy(json!({"tag": "v1", "pull": "sometimes"})).await;
+    assert_envelope(&bad, StatusCode::BAD_REQUEST, "invalid");
+}
