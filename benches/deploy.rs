@@ -72,5 +72,71 @@ fn deploy(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, deploy);
+/// One reconcile pass over 1,000 instances in 300 stages (100 projects × 3 stages, 3 or 4
+/// instances each), all healthy and routed: what the server's periodic reconcile costs when
+/// there is nothing to repair.
+fn reconcile(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let engine = rt.block_on(async {
+        let runtime = Arc::new(FakeRuntime::new());
+        for t in 0..4 {
+            runtime.add_image(&format!("{REPO}:v{t}"), Behavior::Healthy);
+        }
+        let e = Engine::builder(runtime, Arc::new(MemoryStore::new()))
+            .proxy(Arc::new(FakeProxy::new()))
+            .build();
+        let mut n = 0;
+        for p in 0..100 {
+            let mut project = Project::new(format!("p{p}"), REPO).expect("project");
+            project.port = Some(8080);
+            project.health.path = Some("/health".into());
+            for s in ["dev", "rel", "prod"] {
+                let mut stage = Stage::new(s);
+                stage.max_instances = 4;
+                project = project.with_stage(stage);
+            }
+            e.put_project(&project).await.expect("put project");
+            for s in ["dev", "rel", "prod"] {
+                let count = if n + 4 <= 1000 && (p * 3) % 3 == 0 && s == "dev" {
+                    4
+                } else {
+                    3
+                };
+                for t in 0..count {
+                    if n == 1000 {
+                        break;
+                    }
+                    let image = ImageRef::parse(&format!("{REPO}:v{t}")).expect("ref");
+                    let d = e
+                        .deploy(DeployRequest::new(format!("p{p}"), s, image))
+                        .await
+                        .expect("deploy");
+                    assert_eq!(d.status, DeployStatus::Succeeded);
+                    n += 1;
+                }
+            }
+        }
+        let all = e
+            .instances(&skipper_core::InstanceFilter::default())
+            .await
+            .expect("instances");
+        assert_eq!(all.len(), 1000, "1,000 instances");
+        e
+    });
+    c.bench_function("reconcile/1000_instances_300_stages", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let r = engine.reconcile().await.expect("reconcile");
+                assert!(r.is_clean(), "{r:?}");
+                black_box(r)
+            })
+        })
+    });
+}
+
+criterion_group!(benches, deploy, reconcile);
 criterion_main!(benches);

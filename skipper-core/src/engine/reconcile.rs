@@ -29,6 +29,14 @@ use crate::model::{
     StepStatus, labels,
 };
 
+/// What a pass over every stage read once: each stage's containers and the proxy's routes.
+pub(crate) struct Snapshot<'a> {
+    pub(crate) at: crate::model::Timestamp,
+    pub(crate) containers: Vec<ContainerInfo>,
+    /// `None`: the proxy could not be listed (each stage tries again).
+    pub(crate) routes: Option<&'a [Route]>,
+}
+
 /// What a reconcile found and repaired.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ReconcileReport {
@@ -131,8 +139,20 @@ impl Engine {
             .into_iter()
             .map(|p| (p.name.clone(), p))
             .collect();
+        let at = chrono::Utc::now();
         let containers = self.managed_containers(&self.managed_selector()).await?;
         let (containers, foreign) = self.split_owned(containers).await?;
+        // One read of the routes for the whole pass (a stage changed since reads its own).
+        let routes = match &self.inner.proxy {
+            Some(proxy) => timed(
+                || "route list".into(),
+                self.inner.settings.timeouts.route,
+                proxy.list_routes(),
+            )
+            .await
+            .ok(),
+            None => None,
+        };
         let mut stages: BTreeSet<(String, String)> = projects
             .values()
             .flat_map(|p| p.stages.keys().map(|s| (p.name.clone(), s.clone())))
@@ -158,7 +178,21 @@ impl Engine {
                 .get(&p)
                 .and_then(|proj| proj.stages.get(&s).map(|st| (proj, st)))
             {
-                Some((proj, st)) => self.reconcile_stage(proj, st).await,
+                Some((proj, st)) => {
+                    let snapshot = Snapshot {
+                        at,
+                        containers: containers
+                            .iter()
+                            .filter(|c| {
+                                label(c, labels::PROJECT) == Some(p.as_str())
+                                    && label(c, labels::STAGE) == Some(s.as_str())
+                            })
+                            .cloned()
+                            .collect(),
+                        routes: routes.as_deref(),
+                    };
+                    self.reconcile_stage_in(proj, st, Some(snapshot)).await
+                }
                 None => self.remove_unowned(&containers, &p, &s).await,
             };
             lock.release().await;
@@ -286,13 +320,23 @@ impl Engine {
         project: &Project,
         stage: &Stage,
     ) -> Result<ReconcileReport> {
+        self.reconcile_stage_in(project, stage, None).await
+    }
+
+    /// [`reconcile_stage`](Self::reconcile_stage), reading the stage's containers and the
+    /// routes from `snapshot` (one read for a whole pass) unless the stage changed since it was
+    /// taken: then they are read again, under the lease.
+    pub(crate) async fn reconcile_stage_in(
+        &self,
+        project: &Project,
+        stage: &Stage,
+        snapshot: Option<Snapshot<'_>>,
+    ) -> Result<ReconcileReport> {
         let store = &self.inner.store;
         let rt = &self.inner.runtime;
         let call = self.inner.settings.timeouts.call;
         let mut report = ReconcileReport::default();
 
-        let (containers, foreign) = self.stage_containers(&project.name, &stage.name).await?;
-        report.foreign = foreign.into_iter().map(|c| c.name).collect();
         let filter = InstanceFilter {
             project: Some(project.name.clone()),
             stage: Some(stage.name.clone()),
@@ -308,6 +352,23 @@ impl Engine {
                 limit: Some(RECENT),
             })
             .await?;
+        // The snapshot holds if nothing of this stage changed since it was taken (every
+        // change of a stage writes an instance or a deployment, under the lease we now hold).
+        let snapshot = snapshot.filter(|snap| {
+            !instances.iter().any(|i| i.updated_at >= snap.at)
+                && !history
+                    .iter()
+                    .any(|d| d.started_at >= snap.at || d.finished_at.is_some_and(|f| f >= snap.at))
+        });
+        let (containers, snapshot_routes) = match snapshot {
+            Some(snap) => (snap.containers, Some(snap.routes)),
+            None => {
+                let (containers, foreign) =
+                    self.stage_containers(&project.name, &stage.name).await?;
+                report.foreign = foreign.into_iter().map(|c| c.name).collect();
+                (containers, None)
+            }
+        };
         let mut failed_deploys: BTreeSet<String> = history
             .iter()
             .filter(|d| d.status == DeployStatus::Failed)
@@ -507,7 +568,13 @@ impl Engine {
         // instances; domains of this stage that no instance owns are removed.
         if let Some(proxy) = &self.inner.proxy {
             let t = self.inner.settings.timeouts.route;
-            match timed(|| "route list".into(), t, proxy.list_routes()).await {
+            let listed: Result<std::borrow::Cow<'_, [Route]>> = match snapshot_routes {
+                Some(Some(routes)) => Ok(std::borrow::Cow::Borrowed(routes)),
+                _ => timed(|| "route list".into(), t, proxy.list_routes())
+                    .await
+                    .map(std::borrow::Cow::Owned),
+            };
+            match listed {
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot list proxy routes; routes not reconciled this time")
                 }
@@ -559,7 +626,7 @@ impl Engine {
                             report.routes_repaired.push(domain.clone());
                         }
                     }
-                    for r in &routes {
+                    for r in routes.iter() {
                         let ours = r.domain == stage_domain
                             || (r.domain.starts_with(&prefix) && r.domain.ends_with(&suffix));
                         if !ours

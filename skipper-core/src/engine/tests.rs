@@ -1668,3 +1668,41 @@ async fn deleting_a_stage_or_project_removes_what_it_runs() {
     assert!(h.proxy.routes().is_empty());
     assert!(h.engine.store().get_project("web").await.unwrap().is_none());
 }
+
+/// A pass reads containers and routes once, before it takes each stage's lease. A stage that
+/// changed since (a deploy finished in between) must not be judged on that old read: its new
+/// container is not "missing", its route is not "repaired".
+#[tokio::test(start_paused = true)]
+async fn a_stage_changed_since_the_pass_read_it_is_read_again() {
+    let h = harness(1).await;
+    let before = chrono::Utc::now();
+    tokio::time::advance(Duration::from_millis(5)).await;
+    h.deploy("dev", "v1").await;
+    let project = h.engine.project("web").await.unwrap();
+    let stage = project.stage("dev").unwrap().clone();
+    let stale = reconcile::Snapshot {
+        at: before,
+        containers: Vec::new(),
+        routes: Some(&[]),
+    };
+    let r = h
+        .engine
+        .reconcile_stage_in(&project, &stage, Some(stale))
+        .await
+        .unwrap();
+    assert!(r.is_clean() && r.missing.is_empty(), "{r:?}");
+    let v1 = h.active("dev").await;
+    assert_eq!(v1.state, InstanceState::Running);
+    // The same empty snapshot taken after the deploy is believed: the container is missing.
+    let fresh = reconcile::Snapshot {
+        at: chrono::Utc::now() + chrono::Duration::seconds(1),
+        containers: Vec::new(),
+        routes: None,
+    };
+    let r = h
+        .engine
+        .reconcile_stage_in(&project, &stage, Some(fresh))
+        .await
+        .unwrap();
+    assert_eq!(r.missing, vec![v1.id.clone()], "{r:?}");
+}
