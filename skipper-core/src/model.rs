@@ -803,6 +803,10 @@ pub struct Event {
     pub message: String,
     /// When.
     pub at: Timestamp,
+    /// The correlation id of whoever asked for the deployment (an API request's
+    /// `x-correlation-id`), so a CI job can find its own events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
 }
 
 impl Event {
@@ -819,6 +823,7 @@ impl Event {
             url: None,
             message: message.into(),
             at: Utc::now(),
+            correlation_id: d.correlation_id.clone(),
         }
     }
 

@@ -172,6 +172,7 @@ mod tests {
             url: None,
             message: "ok".into(),
             at: Utc::now(),
+            correlation_id: None,
         }
     }
 

@@ -235,6 +235,7 @@ mod tests {
             url: None,
             message: "m".into(),
             at: chrono::Utc::now(),
+            correlation_id: None,
         }
     }
 

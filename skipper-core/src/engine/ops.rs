@@ -211,6 +211,7 @@ impl Engine {
                     url: None,
                     message: format!("instance {} ({}) removed", inst.id, inst.tag),
                     at: Utc::now(),
+                    correlation_id: None,
                 })
                 .await;
                 return Ok(inst);

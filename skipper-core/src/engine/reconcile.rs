@@ -477,6 +477,7 @@ impl Engine {
                                     inst.project, inst.stage, inst.id, inst.tag
                                 ),
                                 at: Utc::now(),
+                                correlation_id: None,
                             })
                             .await;
                         }

@@ -1626,7 +1626,7 @@ async fn the_activity_feed_shows_a_deploy_as_it_happens() {
         .position(|a| matches!(a, Activity::Finished(f) if f.status == DeployStatus::Succeeded));
     let event = seen
         .iter()
-        .position(|a| matches!(a, Activity::Event(e) if e.kind == EventKind::DeploySucceeded));
+        .position(|a| matches!(a, Activity::Event(e) if e.kind == EventKind::DeploySucceeded && e.correlation_id.as_deref() == Some("ci-run-7")));
     assert!(finished.is_some() && event.is_some(), "{seen:?}");
 
     let mut feed = h.engine.activity();

@@ -98,6 +98,7 @@ impl Watcher {
                         candidate.change.describe()
                     ),
                     at: Utc::now(),
+                    correlation_id: None,
                 })
                 .await;
             report.announced.push(Announced {
