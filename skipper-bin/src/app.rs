@@ -150,6 +150,13 @@ pub(crate) async fn build(cli: &Cli) -> Result<App> {
             .await
             .context("opening the store")??
     };
+    // The server also uses the registry entries added through its API (kept in the store).
+    let mut registries_in_use = config.registries.clone();
+    if matches!(cli.command, Command::Serve(_)) {
+        for r in crate::server::registries::load(&store).await? {
+            registries_in_use.entry(r.name.clone()).or_insert(r);
+        }
+    }
     // In a container of its own (the image sets it), Skipper reaches the apps over their shared
     // network: nothing is published on the host, probes go to the container's address.
     let in_container = env_nonempty("SKIPPER_IN_CONTAINER").as_deref() == Some("1");
@@ -213,7 +220,7 @@ pub(crate) async fn build(cli: &Cli) -> Result<App> {
         }
         None
     };
-    for (name, r) in &config.registries {
+    for (name, r) in &registries_in_use {
         if let (Some(username), Some(token)) = (&r.username, &r.token) {
             builder = builder.credentials(
                 name.clone(),
@@ -226,7 +233,9 @@ pub(crate) async fn build(cli: &Cli) -> Result<App> {
     }
     // Tags are listed (watch) and pulled (deploy) with the same credentials: the config's
     // entries, else the Docker config, through skipper_core::docker_config either way.
-    builder = builder.registry(Arc::new(registries(&config)?));
+    builder = builder.registry(Arc::new(skipper_registry::Registries::from_settings(
+        registries_in_use.values(),
+    )?));
     let engine = builder.build();
     // The config file is the source of truth for the projects it names; for the server (and
     // `config` commands) the store is, the file only seeding a new store once.

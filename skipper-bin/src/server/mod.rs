@@ -13,6 +13,7 @@ pub(crate) mod extract;
 pub(crate) mod idempotency;
 pub(crate) mod metrics;
 pub(crate) mod outbox;
+pub(crate) mod registries;
 pub(crate) mod schema;
 pub(crate) mod webhook;
 
@@ -230,6 +231,9 @@ fn protected_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(api::get_settings, api::put_settings))
         .routes(routes!(api::webhook_url))
         .routes(routes!(api::regenerate_webhook_url))
+        .routes(routes!(registries::list, registries::create))
+        .routes(routes!(registries::replace, registries::delete))
+        .routes(routes!(registries::test))
 }
 
 /// The whole server: every route, its middleware, the OpenAPI document.

@@ -835,3 +835,87 @@ async fn a_deploy_can_use_an_image_the_engine_has_without_pulling() {
     let bad = deploy(json!({"tag": "v1", "pull": "sometimes"})).await;
     assert_envelope(&bad, StatusCode::BAD_REQUEST, "invalid");
 }
+
+#[tokio::test]
+async fn registries_are_kept_with_write_only_tokens_and_can_be_tested() {
+    let t = harness().await;
+    let registry = wiremock::MockServer::start().await;
+    wiremock::Mock::given(wiremock::matchers::method("GET"))
+        .and(wiremock::matchers::path("/v2/"))
+        .respond_with(wiremock::ResponseTemplate::new(200))
+        .mount(&registry)
+        .await;
+    let a = t
+        .req(
+            "POST",
+            "/v1/registries",
+            Some(json!({"name": "gitea", "url": registry.uri(), "type": "distribution", "username": "ci", "token": "tok-SECRET"})),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
+    assert_eq!(a.body["token_set"], true);
+    assert!(!a.text.contains("tok-SECRET"), "{}", a.text);
+    let again = t
+        .req(
+            "POST",
+            "/v1/registries",
+            Some(json!({"name": "gitea", "url": registry.uri(), "type": "distribution"})),
+        )
+        .await;
+    assert_envelope(&again, StatusCode::CONFLICT, "conflict");
+    let bad = t
+        .req(
+            "POST",
+            "/v1/registries",
+            Some(json!({"name": "x", "url": "ftp://x", "type": "distribution"})),
+        )
+        .await;
+    assert_envelope(&bad, StatusCode::BAD_REQUEST, "invalid");
+    let bad = t
+        .req(
+            "POST",
+            "/v1/registries",
+            Some(json!({"name": "x", "url": "http://x", "type": "nope"})),
+        )
+        .await;
+    assert_envelope(&bad, StatusCode::BAD_REQUEST, "invalid");
+
+    let a = t
+        .req(
+            "PUT",
+            "/v1/registries/gitea",
+            Some(json!({"url": registry.uri(), "type": "distribution", "username": "ci2"})),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!(a.body["username"], "ci2");
+    assert_eq!(a.body["token_set"], true, "a token left out is kept");
+    let list = t.req("GET", "/v1/registries", None).await;
+    assert_eq!(list.body.as_array().unwrap().len(), 1);
+    assert!(!list.text.contains("tok-SECRET"));
+    let stored = super::registries::load(t.state.engine.store().as_ref())
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 1, "the server's next start uses it");
+
+    let ok = t.req("POST", "/v1/registries/gitea/test", None).await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.text);
+    assert_eq!(ok.body["ok"], true);
+    let missing = t.req("POST", "/v1/registries/none/test", None).await;
+    assert_envelope(&missing, StatusCode::NOT_FOUND, "not_found");
+
+    let d = t.req("DELETE", "/v1/registries/gitea", None).await;
+    assert_eq!(d.status, StatusCode::NO_CONTENT);
+    let d = t.req("DELETE", "/v1/registries/gitea", None).await;
+    assert_envelope(&d, StatusCode::NOT_FOUND, "not_found");
+    assert!(
+        t.state
+            .engine
+            .store()
+            .list_credentials()
+            .await
+            .unwrap()
+            .is_empty(),
+        "the token went too"
+    );
+}
