@@ -245,3 +245,34 @@ impl Drop for Finish {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An answer outlives a restart; a key still running is refused; another body is refused.
+    #[test]
+    fn answers_survive_a_restart_and_a_running_key_is_busy() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Idempotency::open(dir.path()).unwrap();
+        assert!(matches!(first.begin("k", "body-1"), Lookup::New));
+        assert!(matches!(first.begin("k", "body-1"), Lookup::Running));
+        first.finish("k", "body-1", Some((202, b"{\"deploy_id\":\"d1\"}")));
+        drop(first);
+        let again = Idempotency::open(dir.path()).unwrap();
+        match again.begin("k", "body-1") {
+            Lookup::Replay { status, body } => {
+                assert_eq!(status, 202);
+                assert_eq!(body, b"{\"deploy_id\":\"d1\"}");
+            }
+            _ => panic!("the answer is replayed after a restart"),
+        }
+        assert!(matches!(again.begin("k", "body-2"), Lookup::OtherBody));
+        // A request that ended without an answer (the client went away) frees its key.
+        assert!(matches!(again.begin("j", "b"), Lookup::New));
+        again.finish("j", "b", None);
+        assert!(matches!(again.begin("j", "b"), Lookup::New));
+        assert!(!again.seen_delivery("github:1"));
+        assert!(again.seen_delivery("github:1"));
+    }
+}
