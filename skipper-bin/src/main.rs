@@ -11,6 +11,7 @@
 mod app;
 mod cli;
 mod output;
+mod proto;
 mod remote;
 mod server;
 mod signals;

@@ -5,6 +5,7 @@
 //! [`app`] builds the whole router from an [`AppState`], so tests drive every route with
 //! `oneshot` and no socket; the OpenAPI document is generated from the same handlers.
 
+pub(crate) mod agents;
 pub(crate) mod api;
 pub(crate) mod auth;
 pub(crate) mod error;
@@ -12,6 +13,7 @@ pub(crate) mod events;
 pub(crate) mod extract;
 pub(crate) mod idempotency;
 pub(crate) mod metrics;
+pub(crate) mod nodes;
 pub(crate) mod outbox;
 pub(crate) mod registries;
 pub(crate) mod schema;
@@ -68,6 +70,10 @@ pub(crate) struct AppState {
     pub(crate) reconcile_interval: Duration,
     /// The URL clients reach the server at (`--public-url`), for the webhook URL.
     pub(crate) public_url: Option<String>,
+    /// Nodes and their work orders.
+    pub(crate) nodes: Arc<nodes::Nodes>,
+    /// Request ids of signed agent requests seen inside the window (replays are refused).
+    pub(crate) nonces: Arc<crate::proto::Nonces>,
 }
 
 impl AppState {
@@ -199,6 +205,10 @@ fn public_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(api::health))
         .routes(routes!(webhook::receive))
+        .routes(routes!(agents::heartbeat))
+        .routes(routes!(agents::next))
+        .routes(routes!(agents::result))
+        .routes(routes!(agents::renew))
 }
 
 /// The routes behind the admin token, with their OpenAPI.
@@ -234,6 +244,13 @@ fn protected_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(registries::list, registries::create))
         .routes(routes!(registries::replace, registries::delete))
         .routes(routes!(registries::test))
+        .routes(routes!(agents::list, agents::register))
+        .routes(routes!(agents::get, agents::delete))
+        .routes(routes!(agents::rotate))
+        .routes(routes!(agents::enqueue))
+        .routes(routes!(agents::orders))
+        .routes(routes!(agents::order))
+        .routes(routes!(agents::cancel))
 }
 
 /// The whole server: every route, its middleware, the OpenAPI document.
@@ -399,6 +416,7 @@ pub(crate) async fn state(
     engine: Engine,
     config: Config,
     idempotency: idempotency::Idempotency,
+    nodes: nodes::Nodes,
     reconcile_interval: Duration,
     public_url: Option<String>,
 ) -> Result<(AppState, Option<SecretString>)> {
@@ -426,6 +444,8 @@ pub(crate) async fn state(
             auto_create: Arc::new(AtomicBool::new(auto_create)),
             reconcile_interval,
             public_url,
+            nodes: Arc::new(nodes),
+            nonces: Arc::new(crate::proto::Nonces::default()),
         },
         made,
     ))
@@ -473,10 +493,17 @@ pub(crate) async fn run(
             .context("opening server.db")??
     };
     let poll_interval = built.config.global.poll_interval;
+    let nodes = {
+        let dir = data_dir.to_owned();
+        tokio::task::spawn_blocking(move || nodes::Nodes::open(&dir, Duration::from_secs(5)))
+            .await
+            .context("opening server.db")??
+    };
     let (state, made) = state(
         engine.clone(),
         built.config,
         idem,
+        nodes,
         opts.reconcile_interval,
         opts.public_url.clone(),
     )

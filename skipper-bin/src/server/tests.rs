@@ -56,6 +56,7 @@ async fn harness() -> T {
         engine,
         Config::parse("").unwrap(),
         idempotency::Idempotency::in_memory().unwrap(),
+        nodes::Nodes::in_memory(Duration::from_secs(5)),
         Duration::from_secs(30),
         Some("http://skipper.test".into()),
     )
@@ -209,7 +210,12 @@ async fn every_operation_needs_the_token() {
     for (path, item) in doc["paths"].as_object().unwrap() {
         for method in ["get", "post", "put", "delete", "patch"] {
             let Some(op) = item.get(method) else { continue };
-            let public = path == "/v1/health" || path.starts_with("/v1/webhook/");
+            // The agent's routes are signed with the node's token instead (tested below).
+            let agent = path.ends_with("/heartbeat")
+                || path.ends_with("/work-orders/next")
+                || path.ends_with("/result")
+                || path.ends_with("/renew");
+            let public = path == "/v1/health" || path.starts_with("/v1/webhook/") || agent;
             assert_eq!(op.get("security").is_some(), !public, "{method} {path}");
             if public {
                 continue;
@@ -918,4 +924,213 @@ async fn registries_are_kept_with_write_only_tokens_and_can_be_tested() {
             .is_empty(),
         "the token went too"
     );
+}
+
+/// A signed agent request, as `skippy` sends it.
+fn agent_request(
+    node: &str,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    ts: i64,
+    id: &str,
+) -> Request<Body> {
+    let key = nodes::signing_key(token);
+    let sig = crate::proto::sign(&key, method, path, ts, id, body);
+    Request::builder()
+        .method(method)
+        .uri(path)
+        .header(crate::proto::AGENT_ID, node)
+        .header(crate::proto::TIMESTAMP, ts.to_string())
+        .header(crate::proto::REQUEST_ID, id)
+        .header(crate::proto::SIGNATURE, sig)
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_vec()))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_agent_signs_every_request_and_forgeries_replays_and_stale_times_are_refused() {
+    let t = harness().await;
+    let a = t
+        .req(
+            "POST",
+            "/v1/nodes",
+            Some(json!({"id": "host-1", "region": "se-sto-1"})),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
+    let token = a.body["token"].as_str().unwrap().to_owned();
+    let again = t
+        .req("POST", "/v1/nodes", Some(json!({"id": "host-1"})))
+        .await;
+    assert_envelope(&again, StatusCode::CONFLICT, "conflict");
+    assert!(
+        !again.text.contains(&token),
+        "a second registration discloses nothing"
+    );
+    let now = chrono::Utc::now().timestamp();
+    let hb = "/v1/nodes/host-1/heartbeat";
+
+    let ok = t
+        .call(agent_request(
+            "host-1", &token, "POST", hb, b"{}", now, "r1",
+        ))
+        .await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.text);
+    // The answer is signed too, and the agent can check it.
+    let sig = ok.headers[crate::proto::SIGNATURE].to_str().unwrap();
+    let ts = ok.headers[crate::proto::TIMESTAMP]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        sig,
+        crate::proto::sign(
+            &nodes::signing_key(&token),
+            "RESPONSE",
+            hb,
+            ts,
+            "r1",
+            ok.text.as_bytes()
+        )
+    );
+    assert_eq!(
+        t.req("GET", "/v1/nodes/host-1", None).await.body["status"],
+        "online"
+    );
+
+    for (what, req) in [
+        (
+            "a replay",
+            agent_request("host-1", &token, "POST", hb, b"{}", now, "r1"),
+        ),
+        (
+            "a forged signature",
+            agent_request(
+                "host-1",
+                "not-the-token-at-all",
+                "POST",
+                hb,
+                b"{}",
+                now,
+                "r2",
+            ),
+        ),
+        (
+            "a stale timestamp",
+            agent_request("host-1", &token, "POST", hb, b"{}", now - 301, "r3"),
+        ),
+        (
+            "another node's id",
+            agent_request(
+                "host-2",
+                &token,
+                "POST",
+                "/v1/nodes/host-2/heartbeat",
+                b"{}",
+                now,
+                "r4",
+            ),
+        ),
+    ] {
+        let a = t.call(req).await;
+        assert_envelope(&a, StatusCode::UNAUTHORIZED, "unauthorized");
+        assert!(
+            !a.text.contains("replay") && !a.text.contains("stale"),
+            "{what}: the reason stays in the log: {}",
+            a.text
+        );
+    }
+
+    // An order: queued, handed to the agent by its long-poll, answered once.
+    let o = t
+        .req(
+            "POST",
+            "/v1/nodes/host-1/work-orders",
+            Some(json!({"kind": "ping", "priority": "high"})),
+        )
+        .await;
+    assert_eq!(o.status, StatusCode::CREATED, "{}", o.text);
+    let oid = o.body["id"].as_str().unwrap().to_owned();
+    let next = t
+        .call(agent_request(
+            "host-1",
+            &token,
+            "GET",
+            "/v1/nodes/host-1/work-orders/next?wait=0",
+            b"",
+            now,
+            "r5",
+        ))
+        .await;
+    assert_eq!(next.status, StatusCode::OK, "{}", next.text);
+    assert_eq!(next.body["id"], oid.as_str());
+    assert_eq!(next.body["status"], "leased");
+    let path = format!("/v1/work-orders/{oid}/result");
+    let body = br#"{"ok":true,"result":{"pong":true}}"#;
+    let r = t
+        .call(agent_request(
+            "host-1", &token, "POST", &path, body, now, "r6",
+        ))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let got = t.req("GET", &format!("/v1/work-orders/{oid}"), None).await;
+    assert_eq!(got.body["status"], "succeeded");
+    assert_eq!(got.body["result"]["pong"], true);
+    let none = t
+        .call(agent_request(
+            "host-1",
+            &token,
+            "GET",
+            "/v1/nodes/host-1/work-orders/next?wait=0",
+            b"",
+            now,
+            "r7",
+        ))
+        .await;
+    assert_eq!(none.status, StatusCode::NO_CONTENT);
+
+    // Rotation: the old token works until the agent signs with the new one, which it gets from
+    // its heartbeat's signed answer.
+    let rot = t.req("POST", "/v1/nodes/host-1/rotate-token", None).await;
+    let new = rot.body["token"].as_str().unwrap().to_owned();
+    let hb_old = t
+        .call(agent_request(
+            "host-1", &token, "POST", hb, b"{}", now, "r8",
+        ))
+        .await;
+    assert_eq!(hb_old.status, StatusCode::OK);
+    assert_eq!(hb_old.body["token"], new.as_str());
+    let hb_new = t
+        .call(agent_request("host-1", &new, "POST", hb, b"{}", now, "r9"))
+        .await;
+    assert_eq!(hb_new.status, StatusCode::OK);
+    assert!(
+        hb_new.body.get("token").is_none(),
+        "delivered: {}",
+        hb_new.text
+    );
+    let stale = t
+        .call(agent_request(
+            "host-1", &token, "POST", hb, b"{}", now, "r10",
+        ))
+        .await;
+    assert_eq!(
+        stale.status,
+        StatusCode::UNAUTHORIZED,
+        "the old token retired once the new one was used"
+    );
+
+    // Revoked: at once.
+    assert_eq!(
+        t.req("DELETE", "/v1/nodes/host-1", None).await.status,
+        StatusCode::NO_CONTENT
+    );
+    let gone = t
+        .call(agent_request("host-1", &new, "POST", hb, b"{}", now, "r11"))
+        .await;
+    assert_eq!(gone.status, StatusCode::UNAUTHORIZED);
 }
