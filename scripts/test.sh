@@ -16,7 +16,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 export SKIPPER_TEST_STRICT=1
 scripts/test-env.sh
-cargo build -p skipper-bin --bin skipper
+cargo build -p skipper-bin --bin skipper --bin skippy
 cargo test --workspace --all-features
 cargo test --workspace --all-features -- --ignored --test-threads=1
 # 4. The API fuzzed from its own OpenAPI document: no 5xx, every answer as documented.

@@ -241,7 +241,7 @@ pub(crate) async fn build(cli: &Cli) -> Result<App> {
     // `config` commands) the store is, the file only seeding a new store once.
     let store_is_truth = matches!(
         cli.command,
-        Command::Serve(_) | Command::Config(_) | Command::Token(_)
+        Command::Serve(_) | Command::Config(_) | Command::Token(_) | Command::Node(_)
     );
     for p in config
         .projects
@@ -319,6 +319,45 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 errln!("a new admin token (shown this once; the old one no longer works):");
                 outln!("{}", token.expose_secret());
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Node(cmd) => {
+            let nodes = crate::server::nodes::Nodes::open(&app.data_dir, Duration::from_secs(5))?;
+            let (node, token) = match cmd {
+                crate::cli::NodeCommand::Register(r) => {
+                    let (n, t) = nodes
+                        .register(&r.node_id, &r.role, r.region.as_deref(), r.token.clone())
+                        .map_err(skipper_core::Error::from)?;
+                    (n, Some(t))
+                }
+                crate::cli::NodeCommand::Show(n) => (
+                    nodes.get(&n.node_id).map_err(skipper_core::Error::from)?,
+                    None,
+                ),
+            };
+            if json {
+                let mut v = serde_json::to_value(&node)?;
+                if let Some(t) = &token {
+                    v["token"] = t.clone().into();
+                }
+                outln!("{v}");
+            } else {
+                outln!(
+                    "{} ({}{}) {} last heartbeat {}",
+                    node.id,
+                    node.role,
+                    node.region
+                        .as_deref()
+                        .map(|r| format!(", {r}"))
+                        .unwrap_or_default(),
+                    node.status,
+                    node.last_heartbeat.as_deref().unwrap_or("never")
+                );
+                if let Some(t) = token {
+                    errln!("the node's token (shown this once; set it as AGENT_TOKEN for skippy):");
+                    outln!("{t}");
+                }
             }
             return Ok(ExitCode::SUCCESS);
         }
@@ -444,9 +483,11 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Tags(args) => crate::tags::run(&cli, args).await,
         Command::Watch(args) => crate::watch::run(&app, args, json).await,
-        Command::Serve(_) | Command::Token(_) | Command::Config(_) | Command::Health => {
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Serve(_)
+        | Command::Token(_)
+        | Command::Config(_)
+        | Command::Node(_)
+        | Command::Health => Ok(ExitCode::SUCCESS),
         Command::Reconcile => {
             if json {
                 outln!("{}", serde_json::to_value(&report)?);

@@ -145,6 +145,40 @@ pub(crate) enum Command {
     /// Import projects from a skipper.yaml into the store, or export them.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Nodes (hosts running `skippy`), on the server's data directory.
+    #[command(subcommand)]
+    Node(NodeCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum NodeCommand {
+    /// Register a node; its token is printed this once (the server keeps only its hash).
+    Register(NodeRegister),
+    /// Show a node: status (online/offline) and last heartbeat.
+    Show(NodeId),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct NodeRegister {
+    /// The node's id.
+    #[arg(long)]
+    pub(crate) node_id: String,
+    /// Its role.
+    #[arg(long, default_value = "worker")]
+    pub(crate) role: String,
+    /// Its region.
+    #[arg(long)]
+    pub(crate) region: Option<String>,
+    /// Use this token instead of a generated one (at least 16 characters).
+    #[arg(long)]
+    pub(crate) token: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct NodeId {
+    /// The node's id.
+    #[arg(long)]
+    pub(crate) node_id: String,
 }
 
 #[derive(Debug, Args)]

@@ -221,6 +221,46 @@ async fn run_command(cli: &Cli) -> Result<ExitCode> {
                 .into(),
         )
         .into()),
+        Command::Node(cmd) => {
+            let doc = match cmd {
+                crate::cli::NodeCommand::Register(n) => {
+                    let mut body = serde_json::json!({ "id": n.node_id, "role": n.role });
+                    if let Some(r) = &n.region {
+                        body["region"] = r.clone().into();
+                    }
+                    if let Some(t) = &n.token {
+                        body["token"] = t.clone().into();
+                    }
+                    r.json(
+                        r.request(Method::POST, &["v1", "nodes"])
+                            .json(&body)
+                            .idempotent(),
+                    )
+                    .await?
+                }
+                crate::cli::NodeCommand::Show(n) => {
+                    r.json(r.get(&["v1", "nodes", &n.node_id])).await?
+                }
+            };
+            if json {
+                outln!("{doc}");
+            } else {
+                outln!(
+                    "{} ({}) {} last heartbeat {}",
+                    doc["id"].as_str().unwrap_or("?"),
+                    doc["role"].as_str().unwrap_or("?"),
+                    doc["status"].as_str().unwrap_or("?"),
+                    doc["last_heartbeat"].as_str().unwrap_or("never")
+                );
+                if let Some(t) = doc["token"].as_str() {
+                    crate::output::errln!(
+                        "the node's token (shown this once; set it as AGENT_TOKEN for skippy):"
+                    );
+                    outln!("{t}");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Serve(_) => unreachable!("`serve` never runs against a server (see `wanted`)"),
     }
 }

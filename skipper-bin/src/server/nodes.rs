@@ -107,6 +107,20 @@ impl From<rusqlite::Error> for NodeError {
     }
 }
 
+impl From<NodeError> for skipper_core::Error {
+    fn from(e: NodeError) -> Self {
+        use skipper_core::ErrorKind;
+        match e {
+            NodeError::Exists => skipper_core::Error::Conflict {
+                what: "a node with this id exists".into(),
+            },
+            NodeError::NotFound => skipper_core::Error::not_found("a node with that id"),
+            NodeError::Invalid(m) => skipper_core::Error::backend("nodes", ErrorKind::Invalid, m),
+            NodeError::Db(m) => skipper_core::Error::backend("nodes", ErrorKind::Internal, m),
+        }
+    }
+}
+
 impl From<NodeError> for super::error::ApiError {
     fn from(e: NodeError) -> Self {
         use super::error::ApiError;

@@ -1,0 +1,217 @@
+//! `skippy` against a real `skipper serve` (which needs the Docker engine): registration, the
+//! signed channel, an order handed over by the long-poll and answered once, a redelivered order
+//! answered from the journal without running again, a token rotation mid-way, and revocation
+//! stopping the agent.
+//!
+//! Run with: `cargo test --test agent_docker -- --ignored --test-threads=1`
+
+#![allow(
+    clippy::disallowed_methods,
+    reason = "these tests are synchronous: they drive processes and wait with thread::sleep"
+)]
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use common::KillOnDrop;
+use common::bin::World;
+use common::docker::Scope;
+
+const TOKEN: &str = "agent-docker-test-admin-token";
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(secs),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn curl(addr: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let mut c = Command::new("curl");
+    c.args([
+        "-s",
+        "-m",
+        "30",
+        "-o",
+        "-",
+        "-w",
+        "\n%{http_code}",
+        "-X",
+        method,
+    ])
+    .args(["-H", &format!("Authorization: Bearer {TOKEN}")]);
+    if let Some(b) = body {
+        c.args(["-H", "content-type: application/json", "-d", &b.to_string()]);
+    }
+    c.arg(format!("http://{addr}{path}"));
+    let out = c.output().expect("run curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "000"));
+    (
+        code.trim().parse().unwrap_or(0),
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    )
+}
+
+/// `skippy` next to `skipper` in the target directory (built once per test process).
+fn skippy_bin() -> PathBuf {
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    let skipper = common::bin::skipper_bin();
+    let bin = skipper.with_file_name("skippy");
+    BUILT.get_or_init(|| {
+        let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+            .args(["build", "--quiet", "-p", "skipper-bin", "--bin", "skippy"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("cargo build skippy");
+        assert!(status.success(), "cargo build of skippy failed");
+    });
+    bin
+}
+
+fn agent(addr: &str, id: &str, token: &str, data: &Path) -> KillOnDrop {
+    let child = Command::new(skippy_bin())
+        .env("SKIPPER_URL", format!("http://{addr}"))
+        .env("AGENT_ID", id)
+        .env("AGENT_TOKEN", token)
+        .env("DATA_DIR", data)
+        .env("HEARTBEAT_INTERVAL_MS", "200")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start skippy");
+    KillOnDrop(Some(child))
+}
+
+fn order_done(addr: &str, id: &str) -> Value {
+    wait_for(20, "the order to be answered", || {
+        let (_, o) = curl(addr, "GET", &format!("/v1/work-orders/{id}"), None);
+        (o["status"] == "succeeded" || o["status"] == "failed").then_some(o)
+    })
+}
+
+#[test]
+#[ignore = "needs docker engine"]
+fn skippy_takes_orders_once_survives_a_rotation_and_stops_when_revoked() {
+    let _env = common::or_skip!(common::env_or_skip("skippy", common::env::TestEnv::load));
+    let world = World::new(Scope::new("agent"));
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut server = {
+        let mut c = world.text_command(&["serve", "--listen", &addr, "--log-format", "json"]);
+        c.env("SKIPPER_ADMIN_TOKEN", TOKEN)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        KillOnDrop(Some(c.spawn().expect("start skipper serve")))
+    };
+    wait_for(30, "the server", || {
+        (curl(&addr, "GET", "/v1/health", None).0 == 200).then_some(())
+    });
+
+    let (code, node) = curl(
+        &addr,
+        "POST",
+        "/v1/nodes",
+        Some(json!({"id": "host-1", "region": "lab"})),
+    );
+    assert_eq!(code, 201, "{node}");
+    let token = node["token"].as_str().unwrap().to_owned();
+    let data = world.dir.path().join("skippy");
+    let mut skippy = agent(&addr, "host-1", &token, &data);
+    wait_for(20, "the node to be online", || {
+        (curl(&addr, "GET", "/v1/nodes/host-1", None).1["status"] == "online").then_some(())
+    });
+
+    let (_, o) = curl(
+        &addr,
+        "POST",
+        "/v1/nodes/host-1/work-orders",
+        Some(json!({"kind": "ping"})),
+    );
+    let done = order_done(&addr, o["id"].as_str().unwrap());
+    assert_eq!(done["status"], "succeeded", "{done:#}");
+    assert_eq!(done["result"]["pong"], true);
+    assert_eq!(done["result"]["node"], "host-1");
+    assert_eq!(done["attempts"], 1);
+
+    // A redelivered order that already ran is answered from the journal, not run again: stop
+    // the agent, queue an order, record it as done in the journal, start the agent.
+    let child = skippy.child();
+    child.kill().unwrap();
+    let _ = skippy.take().wait();
+    let (_, o) = curl(
+        &addr,
+        "POST",
+        "/v1/nodes/host-1/work-orders",
+        Some(json!({"kind": "ping"})),
+    );
+    let oid = o["id"].as_str().unwrap().to_owned();
+    std::fs::write(
+        data.join("journal").join(format!("{oid}.json")),
+        json!({"ok": true, "result": {"recorded": true}}).to_string(),
+    )
+    .unwrap();
+    let mut skippy = agent(&addr, "host-1", &token, &data);
+    let done = order_done(&addr, &oid);
+    assert_eq!(
+        done["result"],
+        json!({"recorded": true}),
+        "answered from the journal: {done:#}"
+    );
+
+    // Rotation while the agent runs: it picks the new token up from its heartbeat, keeps it in
+    // DATA_DIR/token, and orders keep flowing.
+    let (code, rot) = curl(&addr, "POST", "/v1/nodes/host-1/rotate-token", None);
+    assert_eq!(code, 200, "{rot}");
+    let new = rot["token"].as_str().unwrap().to_owned();
+    wait_for(20, "the agent to switch tokens", || {
+        (std::fs::read_to_string(data.join("token")).ok()? == new).then_some(())
+    });
+    let (_, o) = curl(
+        &addr,
+        "POST",
+        "/v1/nodes/host-1/work-orders",
+        Some(json!({"kind": "ping", "priority": "critical"})),
+    );
+    assert_eq!(
+        order_done(&addr, o["id"].as_str().unwrap())["status"],
+        "succeeded"
+    );
+
+    // Revoked: the agent stops with a clear error (exit 3) instead of retrying forever.
+    assert_eq!(curl(&addr, "DELETE", "/v1/nodes/host-1", None).0, 204);
+    let out = wait_for(20, "skippy to stop", || {
+        skippy.child().try_wait().ok().flatten()
+    });
+    assert_eq!(out.code(), Some(3));
+    let mut err = String::new();
+    use std::io::Read;
+    let _ = skippy
+        .take()
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err);
+    assert!(err.contains("refused") && err.contains("revoked"), "{err}");
+    let _ = server.child().kill();
+}
