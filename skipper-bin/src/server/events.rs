@@ -59,7 +59,8 @@ fn done_event(d: &Deployment, doc: serde_json::Value) -> Event {
 }
 
 /// A deployment's steps as they happen, then a final `done` event with the deployment; a
-/// finished deployment's log is replayed and the stream closes.
+/// finished deployment's log is replayed and the stream closes. Each step's event id is its
+/// index: reconnecting with `Last-Event-ID` resumes after it.
 #[utoipa::path(get, path = "/v1/deploys/{id}/events", tag = "history",
     params(("id" = String, Path)),
     responses((status = 200, description = "text/event-stream: `step` events, then `done`",
@@ -68,7 +69,14 @@ fn done_event(d: &Deployment, doc: serde_json::Value) -> Event {
 pub(crate) async fn deploy_events(
     State(s): State<AppState>,
     Path(id): Path<String>,
+    headers: axum::http::HeaderMap,
 ) -> ApiResult<Response> {
+    // A client that reconnects with `Last-Event-ID: n` gets the steps after n.
+    let resume = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .map_or(0, |n| n + 1);
     // Subscribe before reading the record: nothing between the two is missed.
     let mut feed = s.engine.activity();
     let d = s
@@ -81,8 +89,8 @@ pub(crate) async fn deploy_events(
     let shutdown = s.shutdown.clone();
     let engine = s.engine.clone();
     tokio::spawn(async move {
-        let mut sent = 0;
-        for n in 0..d.steps.len() {
+        let mut sent = resume.min(d.steps.len());
+        for n in sent..d.steps.len() {
             if tx.send(step_event(&d, n)).await.is_err() {
                 return;
             }
