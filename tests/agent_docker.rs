@@ -89,8 +89,9 @@ fn skippy_bin() -> PathBuf {
     bin
 }
 
-fn agent(addr: &str, id: &str, token: &str, data: &Path) -> KillOnDrop {
+fn agent(addr: &str, id: &str, token: &str, data: &Path, scope: &str) -> KillOnDrop {
     let child = Command::new(skippy_bin())
+        .env("SKIPPER_SCOPE", scope)
         .env("SKIPPER_URL", format!("http://{addr}"))
         .env("AGENT_ID", id)
         .env("AGENT_TOKEN", token)
@@ -137,7 +138,7 @@ fn skippy_takes_orders_once_survives_a_rotation_and_stops_when_revoked() {
     assert_eq!(code, 201, "{node}");
     let token = node["token"].as_str().unwrap().to_owned();
     let data = world.dir.path().join("skippy");
-    let mut skippy = agent(&addr, "host-1", &token, &data);
+    let mut skippy = agent(&addr, "host-1", &token, &data, &world.scope.name);
     wait_for(20, "the node to be online", || {
         (curl(&addr, "GET", "/v1/nodes/host-1", None).1["status"] == "online").then_some(())
     });
@@ -148,7 +149,7 @@ fn skippy_takes_orders_once_survives_a_rotation_and_stops_when_revoked() {
         "/v1/nodes/host-1/work-orders",
         Some(json!({"kind": "ping"})),
     );
-    let done = order_done(&addr, o["id"].as_str().unwrap());
+    let done = order_done(&addr, o["id"].as_str().unwrap_or_else(|| panic!("{o}")));
     assert_eq!(done["status"], "succeeded", "{done:#}");
     assert_eq!(done["result"]["pong"], true);
     assert_eq!(done["result"]["node"], "host-1");
@@ -171,7 +172,7 @@ fn skippy_takes_orders_once_survives_a_rotation_and_stops_when_revoked() {
         json!({"ok": true, "result": {"recorded": true}}).to_string(),
     )
     .unwrap();
-    let mut skippy = agent(&addr, "host-1", &token, &data);
+    let mut skippy = agent(&addr, "host-1", &token, &data, &world.scope.name);
     let done = order_done(&addr, &oid);
     assert_eq!(
         done["result"],
@@ -197,6 +198,46 @@ fn skippy_takes_orders_once_survives_a_rotation_and_stops_when_revoked() {
         order_done(&addr, o["id"].as_str().unwrap())["status"],
         "succeeded"
     );
+
+    // A runtime call forwarded to the node's Docker engine (what a deploy to the node is made
+    // of): the agent runs it with its own scope and answers with the runtime's value.
+    let net = world.scope.network();
+    let (_, o) = curl(
+        &addr,
+        "POST",
+        "/v1/nodes/host-1/work-orders",
+        Some(json!({"kind": "runtime", "payload": {"call": "ensure_network", "network": net}})),
+    );
+    let done = order_done(&addr, o["id"].as_str().unwrap_or_else(|| panic!("{o}")));
+    assert_eq!(done["status"], "succeeded", "{done:#}");
+    let (_, o) = curl(
+        &addr,
+        "POST",
+        "/v1/nodes/host-1/work-orders",
+        Some(
+            json!({"kind": "runtime", "payload": {"call": "has_image", "image": "skipper-test/app:v1"}}),
+        ),
+    );
+    let done = order_done(&addr, o["id"].as_str().unwrap_or_else(|| panic!("{o}")));
+    assert_eq!(done["result"]["value"], true, "{done:#}");
+    let (_, o) = curl(
+        &addr,
+        "POST",
+        "/v1/nodes/host-1/work-orders",
+        Some(
+            json!({"kind": "runtime", "payload": {"call": "inspect_container", "id": "no-such-container"}}),
+        ),
+    );
+    let done = order_done(&addr, o["id"].as_str().unwrap_or_else(|| panic!("{o}")));
+    assert_eq!(done["status"], "failed", "{done:#}");
+    assert_eq!(done["result"]["kind"], "not_found", "{done:#}");
+    let (code, bad) = curl(
+        &addr,
+        "POST",
+        "/v1/nodes/host-1/work-orders",
+        Some(json!({"kind": "runtime", "payload": {"call": "rm_rf"}})),
+    );
+    assert_eq!(code, 400, "{bad}");
 
     // Revoked: the agent stops with a clear error (exit 3) instead of retrying forever.
     assert_eq!(curl(&addr, "DELETE", "/v1/nodes/host-1", None).0, 204);

@@ -13,6 +13,7 @@ mod cli;
 mod output;
 mod proto;
 mod remote;
+mod runtime_call;
 mod server;
 mod signals;
 mod tags;

@@ -17,6 +17,9 @@
     reason = "shared with the server; the agent uses the signing half"
 )]
 mod proto;
+#[path = "runtime_call.rs"]
+#[allow(dead_code, reason = "shared with the server; the agent runs calls")]
+mod runtime_call;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -35,6 +38,8 @@ struct Agent {
     data: PathBuf,
     heartbeat: RwLock<Duration>,
     http: reqwest::Client,
+    /// This host's Docker engine (connected on the first runtime order).
+    docker: tokio::sync::OnceCell<Arc<skipper_core::docker::DockerRuntime>>,
 }
 
 #[derive(Debug)]
@@ -242,6 +247,18 @@ impl Agent {
         Ok(())
     }
 
+    async fn docker(&self) -> skipper_core::Result<&Arc<skipper_core::docker::DockerRuntime>> {
+        self.docker
+            .get_or_try_init(|| async {
+                let mut rt = skipper_core::docker::DockerRuntime::connect().await?;
+                if let Some(scope) = env("SKIPPER_SCOPE") {
+                    rt = rt.with_scope(scope);
+                }
+                Ok(Arc::new(rt))
+            })
+            .await
+    }
+
     async fn execute(&self, order: &Value) -> Value {
         let kind = order["kind"].as_str().unwrap_or_default();
         let started = std::time::Instant::now();
@@ -250,6 +267,28 @@ impl Agent {
                 true,
                 json!({ "pong": true, "node": self.id, "version": env!("CARGO_PKG_VERSION") }),
             ),
+            "runtime" => {
+                match serde_json::from_value::<runtime_call::RuntimeCall>(order["payload"].clone())
+                {
+                    Ok(call) => match self.docker().await {
+                        Ok(rt) => {
+                            let answer = runtime_call::run(rt.as_ref(), call).await;
+                            (
+                                answer["ok"].as_bool().unwrap_or(false),
+                                answer["result"].clone(),
+                            )
+                        }
+                        Err(e) => (
+                            false,
+                            json!({ "kind": e.kind().as_str(), "message": e.chain() }),
+                        ),
+                    },
+                    Err(e) => (
+                        false,
+                        json!({ "kind": "invalid", "message": format!("not a runtime call: {e}") }),
+                    ),
+                }
+            }
             other => (
                 false,
                 json!({ "error": format!("this agent does not know orders of kind {other:?}") }),
@@ -348,6 +387,7 @@ fn main() -> ExitCode {
         data,
         heartbeat: RwLock::new(Duration::from_millis(heartbeat.max(200))),
         http,
+        docker: tokio::sync::OnceCell::new(),
     });
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

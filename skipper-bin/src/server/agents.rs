@@ -108,8 +108,9 @@ pub(crate) async fn rotate(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct OrderBody {
-    /// What to do: `ping` (the agent answers with its identity).
-    #[schema(pattern = "^(ping)$")]
+    /// What to do: `ping` (the agent answers with its identity) or `runtime` (one call of the
+    /// engine's `Runtime` on the node's Docker engine: `{"call": "list_containers", …}`).
+    #[schema(pattern = "^(ping|runtime)$")]
     kind: String,
     /// Its parameters.
     #[serde(default)]
@@ -130,11 +131,17 @@ pub(crate) async fn enqueue(
     Path(id): Path<String>,
     Body(b): Body<OrderBody>,
 ) -> ApiResult<Response> {
-    if b.kind != "ping" {
-        return Err(ApiError::bad_request(format!(
-            "kind: {:?} is not an order kind (ping)",
-            b.kind
-        )));
+    match b.kind.as_str() {
+        "ping" => {}
+        "runtime" => {
+            serde_json::from_value::<crate::runtime_call::RuntimeCall>(b.payload.clone())
+                .map_err(|e| ApiError::bad_request(format!("payload: not a runtime call: {e}")))?;
+        }
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "kind: {other:?} is not an order kind (ping, runtime)"
+            )));
+        }
     }
     let deadline = Duration::from_secs(b.deadline_secs.unwrap_or(600).clamp(1, 86_400));
     let o = s.nodes.enqueue(

@@ -90,11 +90,11 @@ pub(crate) async fn deploy_events(
     let engine = s.engine.clone();
     tokio::spawn(async move {
         let mut sent = resume.min(d.steps.len());
-        for n in sent..d.steps.len() {
-            if tx.send(step_event(&d, n)).await.is_err() {
+        while sent < d.steps.len() {
+            if tx.send(step_event(&d, sent)).await.is_err() {
                 return;
             }
-            sent = n + 1;
+            sent += 1;
         }
         if d.status != DeployStatus::InProgress {
             let doc = crate::app::deployment_document(&engine, &d).await;

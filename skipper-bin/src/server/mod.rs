@@ -16,6 +16,7 @@ pub(crate) mod metrics;
 pub(crate) mod nodes;
 pub(crate) mod outbox;
 pub(crate) mod registries;
+pub(crate) mod remote_runtime;
 pub(crate) mod schema;
 pub(crate) mod webhook;
 

@@ -62,6 +62,8 @@ pub(crate) struct Nodes {
     conn: Mutex<rusqlite::Connection>,
     /// Woken when an order is queued for a node (the long-poll answers at once).
     wake: Mutex<HashMap<String, Arc<tokio::sync::Notify>>>,
+    /// Woken when an order ends (a forwarded runtime call waits on it).
+    done: Mutex<HashMap<String, Arc<tokio::sync::Notify>>>,
     /// How often agents are told to send a heartbeat.
     pub(crate) heartbeat: Duration,
 }
@@ -180,6 +182,7 @@ impl Nodes {
         Ok(Self {
             conn: Mutex::new(conn),
             wake: Mutex::new(HashMap::new()),
+            done: Mutex::new(HashMap::new()),
             heartbeat,
         })
     }
@@ -454,6 +457,49 @@ impl Nodes {
         }
     }
 
+    #[cfg_attr(not(test), allow(dead_code, reason = "used by RemoteRuntime"))]
+    fn done_notify(&self, id: &str) -> Arc<tokio::sync::Notify> {
+        self.done
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(id.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    fn ended(&self, id: &str) {
+        let n = self
+            .done
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+        if let Some(n) = n {
+            n.notify_waiters();
+        }
+    }
+
+    /// Wait up to `timeout` for an order to end; `None` if it has not.
+    #[cfg_attr(not(test), allow(dead_code, reason = "used by RemoteRuntime"))]
+    pub(crate) async fn wait_done(&self, id: &str, timeout: Duration) -> R<Option<WorkOrder>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let n = self.done_notify(id);
+            let notified = n.notified();
+            let o = self.order(id)?;
+            if !matches!(o.status.as_str(), "queued" | "leased") {
+                self.done
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(id);
+                return Ok(Some(o));
+            }
+            tokio::select! {
+                () = notified => {}
+                () = tokio::time::sleep_until(deadline) => return Ok(None),
+            }
+        }
+    }
+
     /// Renew an order's lease while the agent works on it.
     pub(crate) fn renew(&self, node: &str, id: &str, lease: Duration) -> R<()> {
         let n = self.db().execute(
@@ -480,6 +526,7 @@ impl Nodes {
         if n == 0 && o.node != node {
             return Err(NodeError::NotFound);
         }
+        self.ended(id);
         Ok(o)
     }
 
@@ -488,6 +535,7 @@ impl Nodes {
             "UPDATE work_orders SET status = 'cancelled' WHERE id = ?1 AND status IN ('queued', 'leased')",
             params![id],
         )?;
+        self.ended(id);
         self.order(id)
     }
 }
