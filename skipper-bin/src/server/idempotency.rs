@@ -52,7 +52,7 @@ impl Idempotency {
 
     fn with(conn: rusqlite::Connection) -> anyhow::Result<Self> {
         conn.execute_batch(
-            "PRAGMA journal_mode=WAL;
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;
              CREATE TABLE IF NOT EXISTS answers (
                  key TEXT PRIMARY KEY, body_sha256 TEXT NOT NULL,
                  status INTEGER NOT NULL, body BLOB NOT NULL, at INTEGER NOT NULL);",

@@ -83,7 +83,7 @@ fn rfc3339(ms: i64) -> String {
         .unwrap_or_default()
 }
 
-const SCHEMA: &str = "PRAGMA journal_mode=WAL;
+const SCHEMA: &str = "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;
 CREATE TABLE IF NOT EXISTS nodes (
     id TEXT PRIMARY KEY, role TEXT NOT NULL, region TEXT, token TEXT NOT NULL,
     old_token TEXT, old_until_ms INTEGER, created_ms INTEGER NOT NULL, heartbeat_ms INTEGER,

@@ -157,7 +157,7 @@ impl Outbox {
     }
 }
 
-const SCHEMA: &str = "PRAGMA journal_mode=WAL;
+const SCHEMA: &str = "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT, target INTEGER NOT NULL, event TEXT NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0, next_ms INTEGER NOT NULL, created_ms INTEGER NOT NULL);";
