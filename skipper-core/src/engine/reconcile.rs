@@ -62,6 +62,23 @@ pub struct ReconcileReport {
 }
 
 impl ReconcileReport {
+    /// What was repaired in `project`/`stage`, in words, if anything (for the event).
+    fn repairs(&self, project: &str, stage: &str) -> Option<String> {
+        let mut parts = Vec::new();
+        let mut say = |what: &str, list: &[String]| {
+            if !list.is_empty() {
+                parts.push(format!("{what} {}", list.join(", ")));
+            }
+        };
+        say("restarted", &self.restarted);
+        say("adopted", &self.adopted);
+        say("removed orphan containers", &self.removed_containers);
+        say("settled interrupted deploys", &self.interrupted);
+        say("repaired routes", &self.routes_repaired);
+        say("corrected", &self.updated);
+        (!parts.is_empty()).then(|| format!("{project}/{stage}: {}", parts.join("; ")))
+    }
+
     /// Whether nothing needed repair.
     pub fn is_clean(&self) -> bool {
         self.adopted.is_empty()
@@ -196,7 +213,24 @@ impl Engine {
                 None => self.remove_unowned(&containers, &p, &s).await,
             };
             lock.release().await;
-            report.merge(r?);
+            let r = r?;
+            if let Some(message) = r.repairs(&p, &s) {
+                // One event per stage that needed repair (drift made by hand, a crash).
+                self.notify(Event {
+                    kind: EventKind::Repaired,
+                    project: p.clone(),
+                    stage: s.clone(),
+                    image: None,
+                    deployment_id: None,
+                    instance_id: None,
+                    url: None,
+                    message,
+                    at: chrono::Utc::now(),
+                    correlation_id: None,
+                })
+                .await;
+            }
+            report.merge(r);
         }
         if !report.foreign.is_empty() {
             tracing::info!(

@@ -1706,3 +1706,26 @@ async fn a_stage_changed_since_the_pass_read_it_is_read_again() {
         .unwrap();
     assert_eq!(r.missing, vec![v1.id.clone()], "{r:?}");
 }
+
+/// A pass that repairs a stage says so to the notifiers, one event per stage, naming what it
+/// did; a clean pass says nothing.
+#[tokio::test(start_paused = true)]
+async fn a_repair_by_reconcile_is_an_event() {
+    let h = harness(1).await;
+    h.deploy("dev", "v1").await;
+    let before = h.notifier.events().len();
+    assert!(h.engine.reconcile().await.unwrap().is_clean());
+    assert_eq!(h.notifier.events().len(), before, "nothing to say");
+    let v1 = h.active("dev").await;
+    h.rt.exit_behind_back(v1.container_id.as_deref().unwrap(), 137);
+    let r = h.engine.reconcile().await.unwrap();
+    assert_eq!(r.restarted, vec![v1.id.clone()]);
+    let e = h.notifier.events().pop().unwrap();
+    assert_eq!(e.kind, EventKind::Repaired);
+    assert_eq!((e.project.as_str(), e.stage.as_str()), ("web", "dev"));
+    assert!(
+        e.message.contains("restarted") && e.message.contains(&v1.id),
+        "{}",
+        e.message
+    );
+}
