@@ -766,6 +766,8 @@ impl Deployment {
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum EventKind {
+    /// A deploy started (sent by `skipper serve`'s outbox, from the engine's activity feed).
+    DeployStarted,
     /// A deploy went live.
     DeploySucceeded,
     /// A deploy failed and was rolled back.

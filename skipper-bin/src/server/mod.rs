@@ -532,13 +532,33 @@ pub(crate) async fn run(
     tasks.spawn(reconcile_loop(state.clone(), wake.clone()));
     {
         let s = state.clone();
+        let outbox = built.outbox.clone();
         let mut feed = engine.activity();
         tasks.spawn(async move {
             loop {
                 tokio::select! {
                     () = s.shutdown.cancelled() => return,
                     a = feed.recv() => match a {
-                        Ok(a) => s.metrics.activity(&a),
+                        Ok(a) => {
+                            s.metrics.activity(&a);
+                            // "Deploy started" goes out through the outbox (the engine itself
+                            // notifies only when a deploy ends, so nothing waits at its start).
+                            if let (skipper_core::Activity::Started(d), Some(outbox)) = (&a, &outbox) {
+                                let message = format!(
+                                    "deploying {} to {}/{}",
+                                    d.image.familiar(),
+                                    d.project,
+                                    d.stage
+                                );
+                                let e = skipper_core::Event::for_deployment(
+                                    skipper_core::EventKind::DeployStarted,
+                                    d,
+                                    message,
+                                );
+                                use skipper_core::Notifier as _;
+                                let _ = outbox.notify(&e).await;
+                            }
+                        }
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                         Err(_) => return,
                     },
