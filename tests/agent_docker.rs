@@ -106,7 +106,7 @@ fn agent(addr: &str, id: &str, token: &str, data: &Path, scope: &str) -> KillOnD
 }
 
 fn order_done(addr: &str, id: &str) -> Value {
-    wait_for(20, "the order to be answered", || {
+    wait_for(90, "the order to be answered", || {
         let (_, o) = curl(addr, "GET", &format!("/v1/work-orders/{id}"), None);
         (o["status"] == "succeeded" || o["status"] == "failed").then_some(o)
     })
@@ -255,4 +255,72 @@ fn skippy_takes_orders_once_survives_a_rotation_and_stops_when_revoked() {
         .read_to_string(&mut err);
     assert!(err.contains("refused") && err.contains("revoked"), "{err}");
     let _ = server.child().kill();
+}
+
+/// `kill -9` of the server while orders are queued and leased, then a restart: every order is
+/// answered, and the agent ran each one once (its journal answers a redelivery).
+#[test]
+#[ignore = "needs docker engine"]
+fn kill_9_of_the_server_with_orders_in_flight_loses_none_and_runs_none_twice() {
+    let _env = common::or_skip!(common::env_or_skip(
+        "kill9-orders",
+        common::env::TestEnv::load
+    ));
+    let world = World::new(Scope::new("agent-kill9"));
+    let addr = format!("127.0.0.1:{}", free_port());
+    let serve = |world: &World| {
+        let mut c = world.text_command(&["serve", "--listen", &addr, "--log-format", "json"]);
+        c.env("SKIPPER_ADMIN_TOKEN", TOKEN)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = KillOnDrop(Some(c.spawn().expect("start skipper serve")));
+        wait_for(30, "the server", || {
+            (curl(&addr, "GET", "/v1/health", None).0 == 200).then_some(())
+        });
+        child
+    };
+    let mut server = serve(&world);
+    let (_, node) = curl(&addr, "POST", "/v1/nodes", Some(json!({"id": "host-1"})));
+    let token = node["token"].as_str().unwrap().to_owned();
+    let data = world.dir.path().join("skippy");
+    let log = world.dir.path().join("skippy.log");
+    let child = Command::new(skippy_bin())
+        .env("SKIPPER_URL", format!("http://{addr}"))
+        .env("AGENT_ID", "host-1")
+        .env("AGENT_TOKEN", &token)
+        .env("DATA_DIR", &data)
+        .env("SKIPPER_SCOPE", &world.scope.name)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("start skippy");
+    let _skippy = KillOnDrop(Some(child));
+    let mut ids = Vec::new();
+    for _ in 0..30 {
+        let (code, o) = curl(
+            &addr,
+            "POST",
+            "/v1/nodes/host-1/work-orders",
+            Some(json!({"kind": "ping"})),
+        );
+        assert_eq!(code, 201, "{o}");
+        ids.push(o["id"].as_str().unwrap().to_owned());
+    }
+    // Mid-flight: some answered, some not yet.
+    server.child().kill().expect("kill -9 the server");
+    let _ = server.take().wait();
+    let _server = serve(&world);
+    for id in &ids {
+        let done = order_done(&addr, id);
+        assert_eq!(done["status"], "succeeded", "{done:#}");
+    }
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    for id in &ids {
+        let runs = text
+            .lines()
+            .filter(|l| l.contains("order done") && l.contains(id.as_str()))
+            .count();
+        assert_eq!(runs, 1, "order {id} ran {runs} times:\n{text}");
+    }
 }

@@ -238,13 +238,29 @@ impl Agent {
                 answer
             }
         };
-        self.call(
-            reqwest::Method::POST,
-            &format!("/v1/work-orders/{id}/result"),
-            Some(&answer),
-        )
-        .await?;
-        Ok(())
+        // The answer is in the journal: keep offering it while the server is away (a restart,
+        // a cut), for up to ten minutes; after that the lease lapses and a redelivery gets the
+        // same recorded answer.
+        let path = format!("/v1/work-orders/{id}/result");
+        let until = std::time::Instant::now() + Duration::from_secs(600);
+        let mut backoff = Backoff::default();
+        loop {
+            match self.call(reqwest::Method::POST, &path, Some(&answer)).await {
+                Ok((200, _)) => return Ok(()),
+                Ok((status, v)) => {
+                    // Cancelled, expired or gone: nobody waits for this answer any more.
+                    tracing::warn!(order = %id, status, answer = %v, "the server did not take the answer");
+                    return Ok(());
+                }
+                Err(Failure::Refused(s)) => return Err(Failure::Refused(s)),
+                Err(Failure::Retry(why)) if std::time::Instant::now() < until => {
+                    let d = backoff.next();
+                    tracing::warn!(order = %id, %why, retry_in = ?d, "answering the order failed; trying again");
+                    tokio::time::sleep(d).await;
+                }
+                Err(f) => return Err(f),
+            }
+        }
     }
 
     async fn docker(&self) -> skipper_core::Result<&Arc<skipper_core::docker::DockerRuntime>> {
