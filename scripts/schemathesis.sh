@@ -8,10 +8,12 @@
 #
 # Environment: SCHEMATHESIS_MAX_TIME (seconds, default 60).
 #
-# Left out of the run: the event streams (they never end, by design) and the three operations
-# that pull from a registry named by the fuzzed input (`tags`, `deploy/inspect`,
-# `deploy/quick`): with no network, their 502 ("the registry cannot be reached") is the right
-# answer, not a bug. Their refusals of bad input are covered by the server's unit tests.
+# Left out of the run: the event streams (they never end, by design) and the four operations
+# that reach a registry named by the fuzzed input (`tags`, `deploy/inspect`, `deploy/quick`,
+# `registries/{name}/test`): with no network, their 502 ("the registry cannot be reached") is
+# the right answer, not a bug. Their refusals of bad input are covered by the server's unit
+# tests. The stateful phase is off: schemathesis 4.32 infers links between unrelated operations
+# (a node's Location to a registry's route) and stops on its own inference.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -50,6 +52,8 @@ done
   --exclude-path '/v1/projects/{project}/tags' \
   --exclude-path '/v1/deploy/inspect' \
   --exclude-path '/v1/deploy/quick' \
+  --exclude-path '/v1/registries/{name}/test' \
+  --phases examples,coverage,fuzzing \
   --max-time "${SCHEMATHESIS_MAX_TIME:-60}" \
   --request-timeout 20 \
   --seed 1 \
