@@ -19,6 +19,7 @@
 #   SKIPPER_TEST_CADDY_ADMIN  127.0.0.1:<admin port>   (http://… is the admin API)
 #   SKIPPER_TEST_CADDY_HTTP   127.0.0.1:<http port>    (the `proxy.listen` the tests give Skipper)
 #   SKIPPER_TEST_CADDY_BIN    the caddy binary (tests that restart a Caddy of their own use it)
+#   SKIPPER_TEST_CADDY_LOG    its log (JSON lines; the admin API logs every request it gets)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -81,6 +82,7 @@ write_env() {
     echo "export SKIPPER_TEST_CADDY_ADMIN=127.0.0.1:$ADMIN_PORT"
     echo "export SKIPPER_TEST_CADDY_HTTP=127.0.0.1:$HTTP_PORT"
     echo "export SKIPPER_TEST_CADDY_BIN=$(command -v caddy)"
+    echo "export SKIPPER_TEST_CADDY_LOG=$CADDY_DIR/caddy.log"
   } >"$CADDY_ENV.tmp"
   mv "$CADDY_ENV.tmp" "$CADDY_ENV"
   if [ -f "$ENV_FILE" ]; then
