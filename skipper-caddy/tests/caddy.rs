@@ -415,3 +415,53 @@ async fn an_unreachable_caddy_is_transient() {
     let err = c.list_routes().await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Transient, "{err:?}");
 }
+
+#[tokio::test]
+async fn a_server_without_routes_gets_its_first_route_put() {
+    let caddy = MockServer::start().await;
+    let tag = serve(&caddy, SERVER, &json!({"listen": [":80"]})).await;
+    Mock::given(method("PUT"))
+        .and(path(ROUTES))
+        .and(header("if-match", tag.as_str()))
+        .and(body_json(json!([skippers(3)])))
+        .respond_with(ResponseTemplate::new(200))
+        .expect(1)
+        .mount(&caddy)
+        .await;
+    client(&caddy).ensure_route(&route(3)).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_caddy_with_no_config_at_all_gets_the_app_posted_at_the_root() {
+    let caddy = MockServer::start().await;
+    let listening = server_with(json!([]));
+    Mock::given(method("GET"))
+        .and(path(SERVER))
+        .respond_with(ResponseTemplate::new(200).set_body_raw("null\n", "application/json"))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&caddy)
+        .await;
+    serve(&caddy, SERVER, &listening).await;
+    let root_tag = serve(&caddy, "/config/", &Value::Null).await;
+    // Where Caddy listens by default (`:80`, not loopback): automatic HTTPS is left as it is.
+    let c = CaddyClient::new(CaddyConfig::new(caddy.uri().parse().unwrap())).unwrap();
+    Mock::given(method("POST"))
+        .and(path("/config/"))
+        .and(header("if-match", root_tag.as_str()))
+        .and(body_json(json!({"apps": {"http": {
+            "grace_period": "10000ms",
+            "servers": {"srv0": {"listen": [":80"], "routes": []}},
+        }}})))
+        .respond_with(ResponseTemplate::new(200))
+        .expect(1)
+        .mount(&caddy)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(ROUTES))
+        .respond_with(ResponseTemplate::new(200))
+        .expect(1)
+        .mount(&caddy)
+        .await;
+    c.ensure_route(&route(3)).await.unwrap();
+}
