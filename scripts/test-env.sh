@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The real components Skipper's engine tests run against: test images and two local registries.
+# The real components Skipper's engine tests run against: test images, two local registries and
+# a Caddy (scripts/caddy.sh).
 #
 #   scripts/test-env.sh          install what is missing, build the test images, start both
 #                                registries, push every image, write target/test-env/env.sh
-#   scripts/test-env.sh stop     stop the registries and delete their storage
+#   scripts/test-env.sh stop     stop the registries and Caddy, delete their storage
 #   scripts/test-env.sh status   print the environment file
 #
 # Idempotent: run it before every test run (the README's test command does). It needs a running
@@ -22,6 +23,7 @@
 #   - 127.0.0.1:$SKIPPER_TEST_REGISTRY_PORT/team/app:<variant>       no authentication
 #   - 127.0.0.1:$SKIPPER_TEST_AUTH_REGISTRY_PORT/team/app:<variant>  user skipper, skipper-pass
 #     (the script logs out again, so tests must pass credentials explicitly)
+#   - SKIPPER_TEST_CADDY_{ADMIN,HTTP,BIN}: see scripts/caddy.sh (its ports: SKIPPER_TEST_CADDY_*_PORT)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -279,6 +281,7 @@ write_env() {
     for v in "${VARIANTS[@]}"; do
       echo "export SKIPPER_TEST_DIGEST_${v^^}=${DIGESTS[$v]}"
     done
+    if [ -f "$STATE_DIR/caddy.env" ]; then cat "$STATE_DIR/caddy.env"; fi
     echo "export SKIPPER_TEST_ENV_READY=1"
   } >"$tmp"
   mv "$tmp" "$ENV_FILE"
@@ -292,11 +295,13 @@ cmd_start() {
   check_docker
   build_images
   start_registries
+  SKIPPER_TEST_ENV_DIR="$STATE_DIR" "$ROOT/scripts/caddy.sh" start
   push_images
   write_env
 }
 
 cmd_stop() {
+  SKIPPER_TEST_ENV_DIR="$STATE_DIR" "$ROOT/scripts/caddy.sh" stop
   stop_registry open
   stop_registry auth
   if [ -f "$STATE_DIR/data-dir" ]; then

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use secrecy::SecretString;
 use skipper_core::backend::{DeploymentFilter, InstanceFilter};
-use skipper_core::config::{Config, UpstreamMode};
+use skipper_core::config::{Config, ProxyBackend, UpstreamMode};
 use skipper_core::docker::DockerRuntime;
 use skipper_core::notify::WebhookNotifier;
 use skipper_core::store::{SecretKey, SqliteStore};
@@ -169,10 +169,13 @@ pub(crate) async fn build(cli: &Cli) -> Result<App> {
     }
 
     let npm = npm_settings(&config)?;
-    let upstream = match &npm {
-        Some((_, UpstreamMode::Published, host)) => {
-            UpstreamTarget::Published { host: host.clone() }
-        }
+    let caddy = caddy_settings(&config);
+    let mode = npm
+        .as_ref()
+        .map(|(_, m, h)| (*m, h))
+        .or(caddy.as_ref().map(|(_, m, h)| (*m, h)));
+    let upstream = match mode {
+        Some((UpstreamMode::Published, host)) => UpstreamTarget::Published { host: host.clone() },
         _ => UpstreamTarget::ContainerName,
     };
     let settings = EngineSettings {
@@ -187,6 +190,7 @@ pub(crate) async fn build(cli: &Cli) -> Result<App> {
             .transpose()
             .context("SKIPPER_STOP_GRACE")?
             .unwrap_or(Duration::from_secs(10)),
+        drain: config.proxy.as_ref().map_or(Duration::ZERO, |p| p.drain),
         ..EngineSettings::default()
     };
     let mut builder = Engine::builder(Arc::new(runtime), Arc::new(store)).settings(settings);
@@ -198,6 +202,9 @@ pub(crate) async fn build(cli: &Cli) -> Result<App> {
         }
         None => None,
     };
+    if let Some((caddy_config, _, _)) = caddy {
+        builder = builder.proxy(Arc::new(skipper_caddy::CaddyClient::new(caddy_config)?));
+    }
     let mut targets = config.notifications.clone();
     if let Some(url) = &config.global.notification_url {
         targets.push(skipper_core::config::NotificationTarget {
@@ -260,10 +267,30 @@ pub(crate) async fn build(cli: &Cli) -> Result<App> {
     })
 }
 
-/// NPM from the config's `npm:` section, or `SKIPPER_NPM_URL` / `_EMAIL` / `_PASSWORD`.
+/// Caddy from the config's `proxy: { kind: caddy, ... }`.
+fn caddy_settings(
+    config: &Config,
+) -> Option<(skipper_caddy::CaddyConfig, UpstreamMode, Option<String>)> {
+    match config.proxy.as_ref().map(|p| &p.backend) {
+        Some(ProxyBackend::Caddy(c)) => Some((
+            skipper_caddy::CaddyConfig::new(c.url.clone())
+                .with_server(c.server.clone())
+                .with_listen(c.listen.clone()),
+            c.upstream,
+            c.upstream_host.clone(),
+        )),
+        _ => None,
+    }
+}
+
+/// NPM from the config's `npm:` section, or `SKIPPER_NPM_URL` / `_EMAIL` / `_PASSWORD` (unless
+/// the config routes through Caddy).
 fn npm_settings(
     config: &Config,
 ) -> Result<Option<(skipper_npm::NpmConfig, UpstreamMode, Option<String>)>> {
+    if caddy_settings(config).is_some() {
+        return Ok(None);
+    }
     if let Some(n) = &config.npm {
         let c = skipper_npm::NpmConfig::new(n.url.clone(), n.email.clone(), n.password.clone());
         return Ok(Some((c, n.upstream, n.upstream_host.clone())));

@@ -8,6 +8,8 @@
 //!   subdomain_pattern: "stage-{stage}-{project}"
 //!   notification_url: https://notify.example.com/hook
 //! npm: { url: http://npm:81, email: ops@example.com, password: "..." }
+//! # or, instead of npm: Caddy through its admin API
+//! # proxy: { kind: caddy, url: http://127.0.0.1:2019, server: srv0, upstream: published, listen: ":80", drain: 30s }
 //! registries:
 //!   gitea: { url: https://git.example.com, type: gitea, username: ci, token: "..." }
 //! projects:
@@ -45,6 +47,9 @@ pub struct Config {
     pub global: GlobalConfig,
     /// Nginx Proxy Manager, if configured.
     pub npm: Option<NpmSettings>,
+    /// The `proxy:` section: which proxy routes the domains (`kind: npm` is the `npm:` section's,
+    /// `kind: caddy` Caddy's admin API) and the drain period.
+    pub proxy: Option<ProxySettings>,
     /// Registries by name.
     pub registries: BTreeMap<String, RegistrySettings>,
     /// Projects, validated, by name.
@@ -192,6 +197,41 @@ pub struct NpmSettings {
     pub upstream_host: Option<String>,
 }
 
+/// The `proxy:` section.
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    /// The proxy.
+    pub backend: ProxyBackend,
+    /// After the stage's domain switched away from an instance, wait this long before stopping
+    /// it, so requests it already has finish (default 30 s, kamal-proxy's).
+    pub drain: Duration,
+}
+
+/// Which reverse proxy the `proxy:` section names.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum ProxyBackend {
+    /// `kind: npm`: Nginx Proxy Manager, configured by the `npm:` section.
+    Npm,
+    /// `kind: caddy`: Caddy through its admin API.
+    Caddy(CaddySettings),
+}
+
+/// `proxy: { kind: caddy, ... }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaddySettings {
+    /// The admin API (default `http://127.0.0.1:2019`).
+    pub url: Url,
+    /// The HTTP server in Caddy's config that holds Skipper's routes (default `srv0`).
+    pub server: String,
+    /// Where that server listens when Skipper creates it (default `:80`).
+    pub listen: String,
+    /// How Caddy reaches containers.
+    pub upstream: UpstreamMode,
+    /// With `upstream: published`, the host Caddy should forward to (default `127.0.0.1`).
+    pub upstream_host: Option<String>,
+}
+
 /// The kind of a registry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -238,6 +278,7 @@ struct RawConfig {
     #[serde(default)]
     global: RawGlobal,
     npm: Option<RawNpm>,
+    proxy: Option<RawProxy>,
     #[serde(default)]
     registries: BTreeMap<String, RawRegistry>,
     #[serde(default)]
@@ -284,6 +325,18 @@ struct RawNpm {
     #[serde(default)]
     upstream: UpstreamMode,
     upstream_host: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProxy {
+    kind: Spanned<String>,
+    url: Option<Spanned<String>>,
+    server: Option<Spanned<String>>,
+    listen: Option<Spanned<String>>,
+    upstream: Option<UpstreamMode>,
+    upstream_host: Option<String>,
+    drain: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -569,6 +622,10 @@ impl Config {
                 })
             })
             .transpose()?;
+        let proxy = raw
+            .proxy
+            .map(|p| build_proxy(p, npm.is_some(), text))
+            .transpose()?;
 
         let mut registries = BTreeMap::new();
         for (name, r) in raw.registries {
@@ -612,6 +669,7 @@ impl Config {
         Ok(Self {
             global,
             npm,
+            proxy,
             registries,
             projects,
             notifications,
@@ -758,6 +816,120 @@ fn build_project(
     }
     project.validate().map_err(at(field, Some(name_line)))?;
     Ok(project)
+}
+
+fn build_proxy(p: RawProxy, has_npm: bool, text: &str) -> Result<ProxySettings> {
+    let kind_line = line_of(&p.kind);
+    let drain = match &p.drain {
+        None => Duration::from_secs(30),
+        Some(d) => humantime::parse_duration(&d.value).map_err(|e| Error::Config {
+            field: "proxy.drain".into(),
+            line: line_of(d),
+            message: format!(
+                "invalid duration {:?} ({e}); write it like \"30s\"",
+                d.value
+            ),
+        })?,
+    };
+    let backend = match p.kind.value.as_str() {
+        "npm" => {
+            if !has_npm {
+                return Err(Error::Config {
+                    field: "proxy.kind".into(),
+                    line: kind_line,
+                    message: "kind npm routes through the `npm:` section, which is missing".into(),
+                });
+            }
+            let caddy_only = [
+                ("url", p.url.is_some()),
+                ("server", p.server.is_some()),
+                ("listen", p.listen.is_some()),
+                ("upstream", p.upstream.is_some()),
+                ("upstream_host", p.upstream_host.is_some()),
+            ];
+            if let Some((key, _)) = caddy_only.iter().find(|(_, set)| *set) {
+                return Err(Error::Config {
+                    field: format!("proxy.{key}"),
+                    line: find_key_line(text, key, kind_line.unwrap_or(1)),
+                    message: format!(
+                        "with kind npm, NPM's settings are in the `npm:` section (npm.{key})"
+                    ),
+                });
+            }
+            ProxyBackend::Npm
+        }
+        "caddy" => {
+            if has_npm {
+                return Err(Error::Config {
+                    field: "proxy.kind".into(),
+                    line: kind_line,
+                    message: "kind caddy routes through Caddy, but an `npm:` section is there \
+                              too; remove one of them"
+                        .into(),
+                });
+            }
+            let url = match &p.url {
+                Some(u) => parse_url(u, "proxy.url")?,
+                None => Url::parse("http://127.0.0.1:2019").expect("a valid URL"),
+            };
+            let server = match p.server {
+                None => "srv0".to_owned(),
+                Some(s) => {
+                    let ok = !s.value.is_empty()
+                        && s.value
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+                    if !ok {
+                        return Err(Error::Config {
+                            field: "proxy.server".into(),
+                            line: line_of(&s),
+                            message: format!(
+                                "{:?} is not a server name: use letters, digits, '-', '_' and '.'",
+                                s.value
+                            ),
+                        });
+                    }
+                    s.value
+                }
+            };
+            let listen = match p.listen {
+                None => ":80".to_owned(),
+                Some(l) => {
+                    let port_ok = l
+                        .value
+                        .rsplit_once(':')
+                        .is_some_and(|(_, port)| port.parse::<u16>().is_ok_and(|p| p > 0));
+                    if !port_ok {
+                        return Err(Error::Config {
+                            field: "proxy.listen".into(),
+                            line: line_of(&l),
+                            message: format!(
+                                "{:?} is not a listen address: write it like \":80\" or \
+                                 \"127.0.0.1:8080\"",
+                                l.value
+                            ),
+                        });
+                    }
+                    l.value
+                }
+            };
+            ProxyBackend::Caddy(CaddySettings {
+                url,
+                server,
+                listen,
+                upstream: p.upstream.unwrap_or_default(),
+                upstream_host: p.upstream_host,
+            })
+        }
+        other => {
+            return Err(Error::Config {
+                field: "proxy.kind".into(),
+                line: kind_line,
+                message: format!("unknown proxy kind {other:?} (known: caddy, npm)"),
+            });
+        }
+    };
+    Ok(ProxySettings { backend, drain })
 }
 
 fn parse_url(s: &Spanned<String>, field: &str) -> Result<Url> {
@@ -1017,6 +1189,75 @@ projects:
         let (field, line, _) = err(&bad);
         assert_eq!(field, "projects.web-app.healthcheck");
         assert_eq!(line, Some(14));
+    }
+
+    #[test]
+    fn the_proxy_section_names_caddy_or_npm() {
+        let c = Config::parse(
+            "proxy: { kind: caddy, url: http://127.0.0.1:2019, server: srv0, upstream: published, listen: \":80\", drain: 2s }\n",
+        )
+        .unwrap();
+        let p = c.proxy.unwrap();
+        assert_eq!(p.drain, Duration::from_secs(2));
+        let ProxyBackend::Caddy(caddy) = p.backend else {
+            panic!("not caddy: {:?}", p.backend)
+        };
+        assert_eq!(caddy.url.as_str(), "http://127.0.0.1:2019/");
+        assert_eq!(
+            (caddy.server.as_str(), caddy.listen.as_str()),
+            ("srv0", ":80")
+        );
+        assert_eq!(caddy.upstream, UpstreamMode::Published);
+
+        // Defaults: Caddy's own admin address, srv0 on :80, the shared network, 30 s drain.
+        let p = Config::parse("proxy: { kind: caddy }\n")
+            .unwrap()
+            .proxy
+            .unwrap();
+        assert_eq!(p.drain, Duration::from_secs(30));
+        let ProxyBackend::Caddy(caddy) = p.backend else {
+            panic!("not caddy")
+        };
+        assert_eq!(caddy.url.as_str(), "http://127.0.0.1:2019/");
+        assert_eq!(
+            (caddy.server.as_str(), caddy.listen.as_str()),
+            ("srv0", ":80")
+        );
+        assert_eq!(caddy.upstream, UpstreamMode::Network);
+
+        // kind npm is the npm: section's backend.
+        let npm = "npm: { url: http://npm:81, email: a@b.c, password: pw }\nproxy: { kind: npm, drain: 5s }\n";
+        let c = Config::parse(npm).unwrap();
+        assert!(matches!(c.proxy.unwrap().backend, ProxyBackend::Npm));
+        assert!(c.npm.is_some());
+        assert!(Config::parse("").unwrap().proxy.is_none());
+    }
+
+    #[test]
+    fn proxy_errors_name_the_field() {
+        let (field, line, msg) = err("global:\n  domain: localhost\nproxy: { kind: traefik }\n");
+        assert_eq!((field.as_str(), line), ("proxy.kind", Some(3)));
+        assert!(msg.contains("traefik") && msg.contains("caddy"), "{msg}");
+        let (field, _, msg) = err("proxy: { kind: npm }\n");
+        assert_eq!(field, "proxy.kind");
+        assert!(msg.contains("npm:"), "{msg}");
+        let both =
+            "npm: { url: http://npm:81, email: a@b.c, password: pw }\nproxy: { kind: caddy }\n";
+        assert_eq!(err(both).0, "proxy.kind");
+        let npm_url = "npm: { url: http://npm:81, email: a@b.c, password: pw }\nproxy:\n  kind: npm\n  url: http://x\n";
+        let (field, line, _) = err(npm_url);
+        assert_eq!((field.as_str(), line), ("proxy.url", Some(4)));
+        let (field, line, _) = err("proxy:\n  kind: caddy\n  url: ftp://x\n");
+        assert_eq!((field.as_str(), line), ("proxy.url", Some(3)));
+        let (field, line, _) = err("proxy:\n  kind: caddy\n  server: \"a/b\"\n");
+        assert_eq!((field.as_str(), line), ("proxy.server", Some(3)));
+        let (field, _, _) = err("proxy: { kind: caddy, listen: \"80\" }\n");
+        assert_eq!(field, "proxy.listen");
+        let (field, _, msg) = err("proxy: { kind: caddy, drain: soon }\n");
+        assert_eq!(field, "proxy.drain");
+        assert!(msg.contains("30s"), "{msg}");
+        let (field, _, _) = err("proxy: { kind: caddy, upstream: sideways }\n");
+        assert_eq!(field, "(yaml)");
     }
 
     #[test]

@@ -81,6 +81,14 @@ impl TestEnv {
             .filter(|d| !d.is_empty())
     }
 
+    /// A `SKIPPER_TEST_*` variable of the environment or the file (`None` when empty).
+    pub(crate) fn var(&self, key: &str) -> Option<&str> {
+        self.vars
+            .get(key)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    }
+
     /// The variants the script pushed (`v1`, `v2`, ...).
     pub(crate) fn variants(&self) -> Vec<String> {
         self.vars

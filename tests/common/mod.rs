@@ -7,6 +7,7 @@
 //! - [`docker`]: the docker CLI, and a test's own [`docker::Scope`], removed when it is dropped
 //! - [`bin`]: the `skipper` binary, one test's [`bin::World`] to run it in, its `--json` output
 //! - [`http`]: tiny HTTP GETs of the apps the tests deploy
+//! - [`load`]: a load checker that never retries (also `examples/loadcheck.rs`)
 //! - [`KillOnDrop`]: a child process that does not outlive its test
 
 use std::process::Child;
@@ -27,6 +28,11 @@ pub(crate) mod env;
     reason = "only cli_docker and npm_cli reach the deployed apps over HTTP"
 )]
 pub(crate) mod http;
+#[allow(
+    dead_code,
+    reason = "only caddy_real (and examples/loadcheck) put load on a proxy"
+)]
+pub(crate) mod load;
 
 use env::TestEnv;
 
