@@ -782,6 +782,10 @@ pub enum EventKind {
     Repaired,
     /// A stage's active instance lost its container (removed behind Skipper's back).
     InstanceMissing,
+    /// A node's agent is sending heartbeats again (`project` and `stage` are empty).
+    NodeOnline,
+    /// A node's agent stopped sending heartbeats (`project` and `stage` are empty).
+    NodeOffline,
 }
 
 /// An event delivered to notifiers.

@@ -592,6 +592,49 @@ pub(crate) async fn run(
             }
         });
     }
+    // Node status: `node.online` / `node.offline` events when heartbeats start or stop.
+    {
+        let s = state.clone();
+        tasks.spawn(async move {
+            let mut seen = std::collections::HashMap::new();
+            loop {
+                if let Ok(list) = s.nodes.list() {
+                    for (id, online) in nodes::transitions(&mut seen, &list) {
+                        let (kind, message) = if online {
+                            (
+                                skipper_core::EventKind::NodeOnline,
+                                format!("node {id} is online"),
+                            )
+                        } else {
+                            (
+                                skipper_core::EventKind::NodeOffline,
+                                format!("node {id} is offline: no heartbeat for three intervals"),
+                            )
+                        };
+                        tracing::info!(node = %id, online, "node status changed");
+                        s.engine
+                            .announce(skipper_core::Event {
+                                kind,
+                                project: String::new(),
+                                stage: String::new(),
+                                image: None,
+                                deployment_id: None,
+                                instance_id: None,
+                                url: None,
+                                message,
+                                at: chrono::Utc::now(),
+                                correlation_id: None,
+                            })
+                            .await;
+                    }
+                }
+                tokio::select! {
+                    () = s.shutdown.cancelled() => return,
+                    () = tokio::time::sleep(s.nodes.heartbeat) => {}
+                }
+            }
+        });
+    }
 
     let router = app(state.clone());
     let listener = tokio::net::TcpListener::bind(opts.listen)

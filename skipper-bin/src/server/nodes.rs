@@ -540,6 +540,24 @@ impl Nodes {
     }
 }
 
+/// The nodes whose status changed since `before` (which is updated): `(id, online)`. A node
+/// seen for the first time is not a change.
+pub(crate) fn transitions(
+    before: &mut HashMap<String, &'static str>,
+    now: &[Node],
+) -> Vec<(String, bool)> {
+    let mut out = Vec::new();
+    for n in now {
+        if let Some(old) = before.insert(n.id.clone(), n.status)
+            && old != n.status
+        {
+            out.push((n.id.clone(), n.status == "online"));
+        }
+    }
+    before.retain(|id, _| now.iter().any(|n| &n.id == id));
+    out
+}
+
 fn row_order(r: &rusqlite::Row<'_>) -> rusqlite::Result<WorkOrder> {
     let payload: String = r.get(3)?;
     let rank: i64 = r.get(4)?;
@@ -653,6 +671,31 @@ mod tests {
             .unwrap();
         assert!(n.take("h", lease).unwrap().is_none());
         assert_eq!(n.order(&late.id).unwrap().status, "expired");
+    }
+
+    #[test]
+    fn status_changes_are_transitions_and_a_new_node_is_not_one() {
+        let node = |id: &str, status: &'static str| Node {
+            id: id.into(),
+            role: "worker".into(),
+            region: None,
+            status,
+            last_heartbeat: None,
+            created_at: String::new(),
+        };
+        let mut seen = HashMap::new();
+        assert!(transitions(&mut seen, &[node("a", "offline")]).is_empty());
+        assert!(transitions(&mut seen, &[node("a", "offline")]).is_empty());
+        assert_eq!(
+            transitions(&mut seen, &[node("a", "online")]),
+            vec![("a".into(), true)]
+        );
+        assert_eq!(
+            transitions(&mut seen, &[node("a", "offline"), node("b", "online")]),
+            vec![("a".into(), false)]
+        );
+        assert!(transitions(&mut seen, &[]).is_empty());
+        assert!(seen.is_empty(), "a deleted node is forgotten");
     }
 
     #[tokio::test]

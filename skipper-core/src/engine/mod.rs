@@ -751,7 +751,6 @@ impl Engine {
         self.notify(event).await;
     }
 
-    /// Deliver an event to every notifier; failures are logged, never returned.
     /// Subscribe to the engine's [`Activity`]: deployments starting, their steps, their ends,
     /// and every event sent to the notifiers, as they happen.
     pub fn activity(&self) -> tokio::sync::broadcast::Receiver<Activity> {
@@ -763,6 +762,7 @@ impl Engine {
         let _ = self.inner.activity.send(activity);
     }
 
+    /// Deliver an event to every notifier; failures are logged, never returned.
     async fn notify(&self, event: Event) {
         self.publish(Activity::Event(Box::new(event.clone())));
         for n in &self.inner.notifiers {
