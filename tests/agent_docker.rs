@@ -12,10 +12,15 @@
 
 mod common;
 
-use std::net::TcpListener;
+use common::api::{free_port, wait_for};
+
+/// One API call with the admin token.
+fn curl(addr: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    common::api::curl(addr, method, path, body, Some(TOKEN))
+}
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
@@ -24,54 +29,6 @@ use common::bin::World;
 use common::docker::Scope;
 
 const TOKEN: &str = "agent-docker-test-admin-token";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(secs),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn curl(addr: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let mut c = Command::new("curl");
-    c.args([
-        "-s",
-        "-m",
-        "30",
-        "-o",
-        "-",
-        "-w",
-        "\n%{http_code}",
-        "-X",
-        method,
-    ])
-    .args(["-H", &format!("Authorization: Bearer {TOKEN}")]);
-    if let Some(b) = body {
-        c.args(["-H", "content-type: application/json", "-d", &b.to_string()]);
-    }
-    c.arg(format!("http://{addr}{path}"));
-    let out = c.output().expect("run curl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "000"));
-    (
-        code.trim().parse().unwrap_or(0),
-        serde_json::from_str(body).unwrap_or(Value::Null),
-    )
-}
 
 /// `skippy` next to `skipper` in the target directory (built once per test process).
 fn skippy_bin() -> PathBuf {

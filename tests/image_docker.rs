@@ -14,10 +14,15 @@
 
 mod common;
 
-use std::net::TcpListener;
+use common::api::{free_port, wait_for};
+
+/// One API call, with the admin token when `auth`.
+fn curl(addr: &str, method: &str, path: &str, body: Option<Value>, auth: bool) -> (u16, Value) {
+    common::api::curl(addr, method, path, body, auth.then_some(TOKEN))
+}
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
@@ -25,28 +30,6 @@ use common::docker::{Scope, docker};
 use common::env::TestEnv;
 
 const TOKEN: &str = "image-docker-test-token";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// Wait up to `secs` for `f` to give a value.
-fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(secs),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
 
 fn text(out: &Output) -> String {
     format!(
@@ -186,36 +169,6 @@ impl Drop for Compose {
         docker(&["network", "rm", &self.network]);
         docker(&["image", "rm", &self.image]);
     }
-}
-
-/// One API call through curl: the status and the JSON body (`Null` when not JSON).
-fn curl(addr: &str, method: &str, path: &str, body: Option<Value>, auth: bool) -> (u16, Value) {
-    let mut c = Command::new("curl");
-    c.args([
-        "-s",
-        "-m",
-        "120",
-        "-o",
-        "-",
-        "-w",
-        "\n%{http_code}",
-        "-X",
-        method,
-    ]);
-    if auth {
-        c.args(["-H", &format!("Authorization: Bearer {TOKEN}")]);
-    }
-    if let Some(b) = body {
-        c.args(["-H", "content-type: application/json", "-d", &b.to_string()]);
-    }
-    c.arg(format!("http://{addr}{path}"));
-    let out = c.output().expect("run curl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "000"));
-    (
-        code.trim().parse().unwrap_or(0),
-        serde_json::from_str(body).unwrap_or(Value::Null),
-    )
 }
 
 /// The step `name` of a deployment document.

@@ -78,7 +78,7 @@ pub(crate) fn load_config(path: Option<&Path>) -> Result<Config> {
     }
 }
 
-fn env_nonempty(key: &str) -> Option<String> {
+pub(crate) fn env_nonempty(key: &str) -> Option<String> {
     std::env::var(key).ok().filter(|v| !v.is_empty())
 }
 

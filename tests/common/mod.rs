@@ -7,11 +7,14 @@
 //! - [`docker`]: the docker CLI, and a test's own [`docker::Scope`], removed when it is dropped
 //! - [`bin`]: the `skipper` binary, one test's [`bin::World`] to run it in, its `--json` output
 //! - [`http`]: tiny HTTP GETs of the apps the tests deploy
+//! - [`api`]: a free port, waiting for a condition, and curl calls of `skipper serve`'s API
 //! - [`load`]: a load checker that never retries (also `examples/loadcheck.rs`)
 //! - [`KillOnDrop`]: a child process that does not outlive its test
 
 use std::process::Child;
 
+#[allow(dead_code, reason = "only the tests of `skipper serve` call its API")]
+pub(crate) mod api;
 #[allow(
     dead_code,
     reason = "docker_runtime does not run the binary; the other files run it"

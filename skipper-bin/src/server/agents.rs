@@ -301,6 +301,14 @@ fn signed(
     r
 }
 
+/// The node a signed request says it comes from (checked by [`verify`]).
+fn agent_id(h: &HeaderMap) -> String {
+    h.get(proto::AGENT_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
+
 fn request_id(h: &HeaderMap) -> String {
     h.get(proto::REQUEST_ID)
         .and_then(|v| v.to_str().ok())
@@ -412,11 +420,7 @@ pub(crate) async fn result(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Response> {
-    let node = headers
-        .get(proto::AGENT_ID)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
+    let node = agent_id(&headers);
     verify(&s, &node, &method, &uri, &headers, &body)?;
     let b: ResultBody = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("the result: {e}")))?;
@@ -442,11 +446,7 @@ pub(crate) async fn renew(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Response> {
-    let node = headers
-        .get(proto::AGENT_ID)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
+    let node = agent_id(&headers);
     verify(&s, &node, &method, &uri, &headers, &body)?;
     s.nodes.renew(&node, &id, LEASE)?;
     Ok(signed(

@@ -63,26 +63,30 @@ fn drop_nulls(doc: &mut serde_json::Map<String, Value>) {
     }
 }
 
-fn parse_project(state: &AppState, name: Option<&str>, mut doc: Value) -> ApiResult<Project> {
-    let obj = doc
-        .as_object_mut()
-        .ok_or_else(|| ApiError::bad_request("a project is a JSON object"))?;
-    drop_nulls(obj);
+/// The document's name: the path's (a different `name` in the body is a 400), else the
+/// body's `name`, which is taken out of the document.
+fn take_name(obj: &mut serde_json::Map<String, Value>, path: Option<&str>) -> ApiResult<String> {
     let in_body = match obj.remove("name") {
         Some(Value::String(s)) => Some(s),
         Some(_) => return Err(ApiError::bad_request("name: must be a string")),
         None => None,
     };
-    let name = match (name, in_body) {
-        (Some(path), Some(body)) if path != body => {
-            return Err(ApiError::bad_request(format!(
-                "name: the body says {body:?} but the path says {path:?}"
-            )));
-        }
-        (Some(path), _) => path.to_owned(),
-        (None, Some(body)) => body,
-        (None, None) => return Err(ApiError::bad_request("name: missing")),
-    };
+    match (path, in_body) {
+        (Some(p), Some(b)) if p != b => Err(ApiError::bad_request(format!(
+            "name: the body says {b:?} but the path says {p:?}"
+        ))),
+        (Some(p), _) => Ok(p.to_owned()),
+        (None, Some(b)) => Ok(b),
+        (None, None) => Err(ApiError::bad_request("name: missing")),
+    }
+}
+
+fn parse_project(state: &AppState, name: Option<&str>, mut doc: Value) -> ApiResult<Project> {
+    let obj = doc
+        .as_object_mut()
+        .ok_or_else(|| ApiError::bad_request("a project is a JSON object"))?;
+    drop_nulls(obj);
+    let name = take_name(obj, name)?;
     Ok(Config::parse_project(
         &name,
         &doc.to_string(),
@@ -219,21 +223,7 @@ fn stage_body(mut doc: Value, name: Option<&str>) -> ApiResult<(String, Value)> 
         .as_object_mut()
         .ok_or_else(|| ApiError::bad_request("a stage is a JSON object"))?;
     obj.retain(|_, v| !v.is_null());
-    let in_body = match obj.remove("name") {
-        Some(Value::String(s)) => Some(s),
-        Some(_) => return Err(ApiError::bad_request("name: must be a string")),
-        None => None,
-    };
-    let name = match (name, in_body) {
-        (Some(p), Some(b)) if p != b => {
-            return Err(ApiError::bad_request(format!(
-                "name: the body says {b:?} but the path says {p:?}"
-            )));
-        }
-        (Some(p), _) => p.to_owned(),
-        (None, Some(b)) => b,
-        (None, None) => return Err(ApiError::bad_request("name: missing")),
-    };
+    let name = take_name(obj, name)?;
     Ok((name, doc))
 }
 

@@ -385,14 +385,10 @@ pub(crate) struct ServeOptions {
     pub(crate) metrics_listen: Option<SocketAddr>,
 }
 
-fn env_nonempty(key: &str) -> Option<String> {
-    std::env::var(key).ok().filter(|v| !v.is_empty())
-}
-
 /// The admin token from the environment: `SKIPPER_ADMIN_TOKEN`, else `ADMIN_TOKEN`.
 fn token_from_env() -> Option<SecretString> {
-    env_nonempty("SKIPPER_ADMIN_TOKEN")
-        .or_else(|| env_nonempty("ADMIN_TOKEN"))
+    crate::app::env_nonempty("SKIPPER_ADMIN_TOKEN")
+        .or_else(|| crate::app::env_nonempty("ADMIN_TOKEN"))
         .map(SecretString::from)
 }
 
