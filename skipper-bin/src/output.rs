@@ -511,6 +511,7 @@ fn reconcile_summary(r: &ReconcileReport) -> Option<String> {
         &r.missing,
     );
     add("busy (skipped)", &r.busy);
+    add("nodes unreachable (left for a later pass)", &r.unreachable);
     if !r.foreign.is_empty() {
         let n = r.foreign.len();
         parts.push(format!(

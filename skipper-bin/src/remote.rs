@@ -1208,6 +1208,7 @@ fn reconcile_report(v: &Value) -> ReconcileReport {
         updated: list("updated"),
         foreign: list("foreign"),
         busy: list("busy"),
+        unreachable: list("unreachable"),
     }
 }
 

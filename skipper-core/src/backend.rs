@@ -13,6 +13,7 @@
 //!   `Transient`/`Timeout` for what a retry may fix.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -174,6 +175,25 @@ impl ProbeResult {
     pub fn is_healthy(&self) -> bool {
         self.status.is_some_and(|s| (200..400).contains(&s))
     }
+}
+
+/// The runtimes of other Docker hosts (nodes), by node id: what lets one engine drive many
+/// hosts. A project or stage that names a `node` runs on that node's runtime; everything else
+/// on the engine's own. `skipper serve` implements it with a runtime that forwards each call to
+/// the node's agent (`skippy`); an embedder may bring its own (a bollard client per host).
+pub trait NodeRuntimes: Send + Sync {
+    /// The runtime of `node`, or `None` when no such node is known (a deploy to it is refused).
+    fn runtime(&self, node: &str) -> Option<Arc<dyn Runtime>>;
+
+    /// Whether `node` answers now. A periodic reconcile skips a node that does not (and says
+    /// so) rather than waiting out a time limit per call; deploys wait for it regardless.
+    fn is_reachable(&self, node: &str) -> bool {
+        let _ = node;
+        true
+    }
+
+    /// Every node known, so reconcile also finds orphans on a node no project names any more.
+    fn nodes(&self) -> Vec<String>;
 }
 
 /// Runs containers: Docker through bollard, an in-memory fake, or an embedder's own.

@@ -367,6 +367,7 @@ struct RawProject {
     route: RouteOptions,
     #[serde(default)]
     stages: BTreeMap<String, RawStage>,
+    node: Option<Spanned<String>>,
 }
 
 /// `healthcheck: /path` or `healthcheck: { path, interval, timeout, deadline, settle }`.
@@ -416,6 +417,7 @@ struct RawStage {
     confirm: bool,
     promote_from: Option<Spanned<String>>,
     subdomain: Option<Spanned<String>>,
+    node: Option<Spanned<String>>,
 }
 
 fn line_of<T>(s: &Spanned<T>) -> Option<usize> {
@@ -531,6 +533,9 @@ impl Config {
                 if let Some(d) = &s.subdomain {
                     v["subdomain"] = d.clone().into();
                 }
+                if let Some(n) = &s.node {
+                    v["node"] = n.clone().into();
+                }
                 (s.name.clone(), v)
             })
             .collect();
@@ -555,6 +560,9 @@ impl Config {
         });
         if let Some(r) = &project.registry {
             v["registry"] = r.clone().into();
+        }
+        if let Some(n) = &project.node {
+            v["node"] = n.clone().into();
         }
         if let Some(p) = project.port {
             v["port"] = p.into();
@@ -768,6 +776,10 @@ fn build_project(
     }
     project.network = p.network;
     project.route = p.route;
+    if let Some(n) = &p.node {
+        crate::model::validate_node(&n.value).map_err(at(format!("{field}.node"), line_of(n)))?;
+    }
+    project.node = p.node.map(|n| n.value);
 
     let stages_line = find_key_line(text, "stages", name_line).unwrap_or(name_line);
     let mut promote_lines: BTreeMap<String, Option<usize>> = BTreeMap::new();
@@ -793,6 +805,10 @@ fn build_project(
             subdomain::validate_label(&sub.value)
                 .map_err(at(format!("{sfield}.subdomain"), line_of(sub)))?;
         }
+        if let Some(n) = &s.node {
+            crate::model::validate_node(&n.value)
+                .map_err(at(format!("{sfield}.node"), line_of(n)))?;
+        }
         project.stages.insert(
             sname.clone(),
             Stage {
@@ -803,6 +819,7 @@ fn build_project(
                 confirm: s.confirm,
                 promote_from: s.promote_from.map(|f| f.value),
                 subdomain: s.subdomain.map(|f| f.value),
+                node: s.node.map(|f| f.value),
             },
         );
     }

@@ -53,8 +53,8 @@ pub mod testing;
 
 pub use backend::{
     ContainerInfo, ContainerSpec, Credentials, DeploymentFilter, HealthStatus, ImageHealthcheck,
-    ImageMetadata, InstanceFilter, Notifier, ProbeResult, ProgressSender, ProxyManager,
-    PullProgress, PulledImage, Registry, Route, RunState, Runtime, Store,
+    ImageMetadata, InstanceFilter, NodeRuntimes, Notifier, ProbeResult, ProgressSender,
+    ProxyManager, PullProgress, PulledImage, Registry, Route, RunState, Runtime, Store,
 };
 pub use engine::{
     Activity, DeployRequest, Engine, EngineBuilder, EngineSettings, Lease, PullPolicy,

@@ -43,6 +43,9 @@ pub mod labels {
     pub const PORT: &str = "dev.skipper.port";
     /// On an image: the HTTP path that answers 2xx when the app is healthy.
     pub const HEALTH_PATH: &str = "dev.skipper.health-path";
+    /// The node the container was deployed to (absent: the engine's own runtime), so nodes
+    /// that share one Docker engine never take each other's containers for orphans.
+    pub const NODE: &str = "dev.skipper.node";
 }
 
 /// The defaults an image gives about itself: its app port (label `dev.skipper.port`, else its
@@ -92,6 +95,26 @@ pub fn validate_name(what: &'static str, value: &str) -> Result<()> {
         return Err(err("it must not start or end with '-'"));
     }
     Ok(())
+}
+
+/// Check a node id: 1-63 of `a-z`, `0-9`, `-` and `_`, starting with a letter or digit (it
+/// becomes a label value and part of paths on the server).
+pub fn validate_node(value: &str) -> Result<()> {
+    let ok = !value.is_empty()
+        && value.len() <= 63
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && value.as_bytes()[0].is_ascii_alphanumeric();
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidName {
+            what: "node",
+            value: value.to_owned(),
+            reason: "use 1-63 of a-z, 0-9, '-' and '_', starting with a letter or digit".into(),
+        })
+    }
 }
 
 /// Durations as humantime strings (`"30s"`, `"1m 30s"`) in serde.
@@ -210,6 +233,10 @@ pub struct Stage {
     pub promote_from: Option<String>,
     /// A custom subdomain label for the stage (e.g. `launcher` for production).
     pub subdomain: Option<String>,
+    /// The node (a Docker host running `skippy`) this stage runs on, overriding the project's;
+    /// `None`: the project's node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 impl Stage {
@@ -223,6 +250,7 @@ impl Stage {
             confirm: false,
             promote_from: None,
             subdomain: None,
+            node: None,
         }
     }
 
@@ -257,6 +285,10 @@ pub struct Project {
     pub route: RouteOptions,
     /// Stages by name.
     pub stages: BTreeMap<String, Stage>,
+    /// The node (a Docker host running `skippy`, registered with the server) the project's
+    /// stages run on, unless a stage names its own. `None`: the engine's own runtime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 impl Project {
@@ -276,7 +308,17 @@ impl Project {
             network: None,
             route: RouteOptions::default(),
             stages: BTreeMap::new(),
+            node: None,
         })
+    }
+
+    /// The node `stage` runs on: the stage's own, else the project's; `None` is the engine's
+    /// own runtime.
+    pub fn node_of(&self, stage: &str) -> Option<&str> {
+        self.stages
+            .get(stage)
+            .and_then(|s| s.node.as_deref())
+            .or(self.node.as_deref())
     }
 
     /// Add or replace a stage (builder style).
@@ -344,6 +386,12 @@ impl Project {
             if let Some(sub) = &stage.subdomain {
                 crate::subdomain::validate_label(sub)?;
             }
+            if let Some(node) = &stage.node {
+                validate_node(node)?;
+            }
+        }
+        if let Some(node) = &self.node {
+            validate_node(node)?;
         }
         if let Some(e) = self.promotion_error() {
             return Err(Error::InvalidName {

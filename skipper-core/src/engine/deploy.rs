@@ -8,11 +8,13 @@
 //! nothing is compensated: retiring the old version is roll-forward work, retried by reconcile
 //! after a failure or a crash.
 
+use std::sync::Arc;
+
 use chrono::Utc;
 
 use super::health::Gate;
 use super::{DeployRequest, Engine, Guard, Lease, PullPolicy, UpstreamTarget, timed};
-use crate::backend::{ContainerInfo, ContainerSpec, Fence, InstanceFilter, Route};
+use crate::backend::{ContainerInfo, ContainerSpec, Fence, InstanceFilter, Route, Runtime};
 use crate::error::{Error, Result};
 use crate::model::{
     DeployError, DeployStatus, Deployment, Event, EventKind, Instance, InstanceState, Project,
@@ -39,6 +41,8 @@ enum Undo {
 struct Saga {
     project: Project,
     stage: Stage,
+    /// The runtime of the stage's node (the engine's own when it names none).
+    rt: Arc<dyn Runtime>,
     deployment: Deployment,
     undo: Vec<(Step, Undo)>,
     fence: Fence,
@@ -255,6 +259,7 @@ impl Engine {
             project.validate()?;
             stage = project.stage(&stage.name)?.clone();
         }
+        let rt = self.runtime_on(project.node_of(&stage.name))?;
         let guard = self.guard(lease, req.cancel.clone());
         // Repair whatever an earlier, interrupted operation left on this stage.
         self.reconcile_stage(&project, &stage).await?;
@@ -292,6 +297,7 @@ impl Engine {
         let mut saga = Saga {
             project,
             stage,
+            rt,
             deployment,
             undo: Vec::new(),
             fence,
@@ -370,7 +376,7 @@ impl Engine {
         req: &DeployRequest,
         guard: &Guard,
     ) -> std::result::Result<Committed, Failed> {
-        let rt = self.inner.runtime.clone();
+        let rt = saga.rt.clone();
         let t = self.inner.settings.timeouts.clone();
         let image = req.image.clone();
 
@@ -541,7 +547,7 @@ impl Engine {
             .at(Step::Create)?;
 
         let mut container_labels = saga.project.labels.clone();
-        container_labels.extend(self.managed_selector());
+        container_labels.extend(self.managed_selector(saga.project.node_of(s)));
         container_labels.insert(
             labels::STORE.into(),
             self.store_id().await.at(Step::Create)?,
@@ -614,6 +620,7 @@ impl Engine {
         };
         let info = self
             .wait_healthy(
+                &rt,
                 &instance.container_name,
                 &container_id,
                 &health,
@@ -807,7 +814,7 @@ impl Engine {
     /// record the success, notify. Nothing here is compensated: a failure is logged and left
     /// for reconcile, which finishes retiring.
     async fn roll_forward(&self, mut saga: Saga, c: Committed, guard: &Guard) -> Deployment {
-        let rt = self.inner.runtime.clone();
+        let rt = saga.rt.clone();
         let t = self.inner.settings.timeouts.clone();
         if c.retire.is_empty() {
             saga.log(
@@ -1123,7 +1130,7 @@ impl Engine {
     }
 
     async fn compensate(&self, saga: &mut Saga, lease_lost: bool) {
-        let rt = &self.inner.runtime;
+        let rt = saga.rt.clone();
         let t = &self.inner.settings.timeouts;
         while let Some((step, undo)) = saga.undo.pop() {
             let (what, r) = match &undo {

@@ -36,13 +36,13 @@ impl Engine {
     /// plus the container's last log lines. A container that exits fails at once.
     pub(crate) async fn wait_healthy(
         &self,
+        rt: &std::sync::Arc<dyn crate::backend::Runtime>,
         container: &str,
         container_id: &str,
         health: &HealthCheck,
         gate: Gate<'_>,
         guard: &Guard,
     ) -> Result<ContainerInfo> {
-        let rt = &self.inner.runtime;
         let call = self.inner.settings.timeouts.call;
         let started = Instant::now();
         let deadline = started + health.deadline;

@@ -25,8 +25,8 @@ pub use lock::Lease;
 pub use reconcile::ReconcileReport;
 
 use crate::backend::{
-    Credentials, DeploymentFilter, ImageMetadata, InstanceFilter, Notifier, ProgressSender,
-    ProxyManager, Registry, Runtime, Store,
+    Credentials, DeploymentFilter, ImageMetadata, InstanceFilter, NodeRuntimes, Notifier,
+    ProgressSender, ProxyManager, Registry, Runtime, Store,
 };
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::{Deployment, Event, Instance, InstanceState, Project, Trigger, labels};
@@ -222,9 +222,17 @@ pub struct EngineBuilder {
     notifiers: Vec<Arc<dyn Notifier>>,
     credentials: HashMap<String, Credentials>,
     settings: EngineSettings,
+    nodes: Option<Arc<dyn NodeRuntimes>>,
 }
 
 impl EngineBuilder {
+    /// Drive other Docker hosts too: a project or stage naming a `node` runs on that node's
+    /// runtime (see [`NodeRuntimes`]).
+    pub fn nodes(mut self, nodes: Arc<dyn NodeRuntimes>) -> Self {
+        self.nodes = Some(nodes);
+        self
+    }
+
     /// Route through this proxy.
     pub fn proxy(mut self, proxy: Arc<dyn ProxyManager>) -> Self {
         self.proxy = Some(proxy);
@@ -271,6 +279,7 @@ impl EngineBuilder {
                 notifiers: self.notifiers,
                 credentials: self.credentials,
                 settings: self.settings,
+                nodes: self.nodes,
                 holder,
                 store_id: tokio::sync::OnceCell::new(),
                 patterns: std::sync::Mutex::default(),
@@ -291,6 +300,7 @@ struct Inner {
     notifiers: Vec<Arc<dyn Notifier>>,
     credentials: HashMap<String, Credentials>,
     settings: EngineSettings,
+    nodes: Option<Arc<dyn NodeRuntimes>>,
     holder: String,
     store_id: tokio::sync::OnceCell<String>,
     patterns: std::sync::Mutex<HashMap<String, crate::pattern::TagPattern>>,
@@ -445,6 +455,7 @@ impl Engine {
             notifiers: Vec::new(),
             credentials: HashMap::new(),
             settings: EngineSettings::default(),
+            nodes: None,
         }
     }
 
@@ -463,6 +474,42 @@ impl Engine {
         &self.inner.runtime
     }
 
+    /// The runtime of `node` (`None`: the engine's own). An unknown node is `NotFound`; an
+    /// engine built without [`EngineBuilder::nodes`] refuses every node.
+    pub fn runtime_on(&self, node: Option<&str>) -> Result<Arc<dyn Runtime>> {
+        let Some(node) = node else {
+            return Ok(self.inner.runtime.clone());
+        };
+        match &self.inner.nodes {
+            None => Err(Error::rejected(format!(
+                "node {node:?}: this engine drives only its own Docker host; nodes are \
+                 registered with `skipper serve` (skipper node register --node-id {node})"
+            ))),
+            Some(nodes) => nodes.runtime(node).ok_or_else(|| {
+                Error::not_found(format!(
+                    "node {node:?} (register it: skipper node register --node-id {node})"
+                ))
+            }),
+        }
+    }
+
+    /// Whether `node` answers now (`None`, the engine's own runtime, always does).
+    pub(crate) fn reachable(&self, node: Option<&str>) -> bool {
+        match (node, &self.inner.nodes) {
+            (Some(n), Some(nodes)) => nodes.is_reachable(n),
+            _ => true,
+        }
+    }
+
+    /// The nodes this engine drives besides its own host.
+    pub(crate) fn known_nodes(&self) -> Vec<String> {
+        self.inner
+            .nodes
+            .as_ref()
+            .map(|n| n.nodes())
+            .unwrap_or_default()
+    }
+
     /// Whether a proxy is configured (routes are made).
     pub fn has_proxy(&self) -> bool {
         self.inner.proxy.is_some()
@@ -474,8 +521,48 @@ impl Engine {
     }
 
     /// Validate and store a project (insert or replace).
+    ///
+    /// A stage that has instances keeps its node: moving it to another is refused (remove its
+    /// instances first), so a stage's instances always run where the stage says.
     pub async fn put_project(&self, project: &Project) -> Result<()> {
         project.validate()?;
+        if let Some(old) = self
+            .stored(
+                || "project read",
+                self.inner.store.get_project(&project.name),
+            )
+            .await?
+        {
+            for stage in old.stages.keys() {
+                let (from, to) = (old.node_of(stage), project.node_of(stage));
+                if from == to || !project.stages.contains_key(stage) {
+                    continue;
+                }
+                let running = self
+                    .list_instances_timed(&InstanceFilter {
+                        project: Some(project.name.clone()),
+                        stage: Some(stage.clone()),
+                    })
+                    .await?;
+                if !running.is_empty() {
+                    let on = |n: Option<&str>| {
+                        n.map_or("this engine's own host".to_owned(), |n| {
+                            format!("node {n:?}")
+                        })
+                    };
+                    return Err(Error::Conflict {
+                        what: format!(
+                            "stage {}/{stage} runs {} instance(s) on {}; remove them before \
+                             moving the stage to {}",
+                            project.name,
+                            running.len(),
+                            on(from),
+                            on(to)
+                        ),
+                    });
+                }
+            }
+        }
         self.inner.store.put_project(project).await
     }
 
@@ -525,10 +612,54 @@ impl Engine {
         if instances.is_empty() {
             return Ok(instances);
         }
-        let containers = self.managed_containers(&self.managed_selector()).await?;
-        let index = reconcile::ContainerIndex::new(&containers);
+        // Each instance's node (its stage's), and the containers of every node involved. A
+        // node that cannot be read now leaves its instances as the store has them.
+        let mut projects: HashMap<String, Option<Project>> = HashMap::new();
+        let mut nodes: Vec<Option<String>> = Vec::with_capacity(instances.len());
+        for inst in &instances {
+            if !projects.contains_key(&inst.project) {
+                let p = self
+                    .stored(
+                        || "project read",
+                        self.inner.store.get_project(&inst.project),
+                    )
+                    .await?;
+                projects.insert(inst.project.clone(), p);
+            }
+            let node = projects[&inst.project]
+                .as_ref()
+                .and_then(|p| p.node_of(&inst.stage))
+                .map(str::to_owned);
+            nodes.push(node);
+        }
+        let mut seen: HashMap<Option<String>, Option<Vec<crate::backend::ContainerInfo>>> =
+            HashMap::new();
+        for node in &nodes {
+            if seen.contains_key(node) {
+                continue;
+            }
+            let listed = match node.as_deref() {
+                None => Some(self.managed_containers(None).await?),
+                Some(n) if !self.reachable(Some(n)) => None,
+                Some(n) => match self.managed_containers(Some(n)).await {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        tracing::warn!(node = n, error = %e.chain(), "cannot list the node's containers; its instances show as recorded");
+                        None
+                    }
+                },
+            };
+            seen.insert(node.clone(), listed);
+        }
+        let indexes: HashMap<&Option<String>, reconcile::ContainerIndex<'_>> = seen
+            .iter()
+            .filter_map(|(n, c)| c.as_ref().map(|c| (n, reconcile::ContainerIndex::new(c))))
+            .collect();
         let mut live_leases: HashMap<String, bool> = HashMap::new();
-        for inst in &mut instances {
+        for (inst, node) in instances.iter_mut().zip(&nodes) {
+            let Some(index) = indexes.get(node) else {
+                continue;
+            };
             let container = index.of(inst);
             if inst.state == InstanceState::Starting {
                 let key = lock::stage_key(&inst.project, &inst.stage);
@@ -606,7 +737,19 @@ impl Engine {
         pull: PullPolicy,
         progress: Option<ProgressSender>,
     ) -> Result<QuickDefaults> {
-        let rt = &self.inner.runtime;
+        self.quick_defaults_on(None, image, pull, progress).await
+    }
+
+    /// [`quick_defaults`](Self::quick_defaults) on `node` (`None`: the engine's own runtime),
+    /// where the image is pulled and inspected.
+    pub async fn quick_defaults_on(
+        &self,
+        node: Option<&str>,
+        image: &ImageRef,
+        pull: PullPolicy,
+        progress: Option<ProgressSender>,
+    ) -> Result<QuickDefaults> {
+        let rt = &self.runtime_on(node)?;
         let t = &self.inner.settings.timeouts;
         let present = pull != PullPolicy::Always
             && timed(|| "image lookup".into(), t.call, rt.has_image(image)).await?;
@@ -692,27 +835,34 @@ impl Engine {
             .cloned()
     }
 
-    /// The labels selecting every container this engine manages.
-    fn managed_selector(&self) -> BTreeMap<String, String> {
+    /// The labels selecting every container this engine manages on `node`.
+    fn managed_selector(&self, node: Option<&str>) -> BTreeMap<String, String> {
         let mut sel = BTreeMap::new();
         sel.insert(labels::MANAGED.to_owned(), "true".to_owned());
         if let Some(scope) = &self.inner.settings.scope {
             sel.insert(labels::SCOPE.to_owned(), scope.clone());
         }
+        if let Some(node) = node {
+            sel.insert(labels::NODE.to_owned(), node.to_owned());
+        }
         sel
     }
 
-    /// Only the containers of this engine's scope. A label filter can require a scope but not
-    /// its absence, so an unscoped engine must drop scoped containers itself, or it would take
-    /// another engine's containers for orphans.
+    /// Only the containers of this engine's scope, deployed for `node`. A label filter can
+    /// require a label but not its absence, so the engine drops the others itself, or it would
+    /// take another engine's (or another node's, on a shared Docker host) for orphans.
     fn in_scope(
         &self,
+        node: Option<&str>,
         containers: Vec<crate::backend::ContainerInfo>,
     ) -> Vec<crate::backend::ContainerInfo> {
         let ours = self.inner.settings.scope.as_deref();
         containers
             .into_iter()
-            .filter(|c| c.labels.get(labels::SCOPE).map(String::as_str) == ours)
+            .filter(|c| {
+                c.labels.get(labels::SCOPE).map(String::as_str) == ours
+                    && c.labels.get(labels::NODE).map(String::as_str) == node
+            })
             .collect()
     }
 
@@ -781,6 +931,9 @@ impl Engine {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod node_tests;
 
 #[cfg(test)]
 mod find_instance_tests {

@@ -101,11 +101,23 @@ impl Engine {
         for i in list {
             match self.remove_instance(&i.id).await {
                 Ok(_) => {}
-                Err(e) if e.kind() == crate::error::ErrorKind::NotFound => {}
+                // Gone meanwhile (another removal); anything else (an unknown node too) stops.
+                Err(e)
+                    if e.kind() == crate::error::ErrorKind::NotFound
+                        && self.inner.store.get_instance(&i.id).await?.is_none() => {}
                 Err(e) => return Err(e),
             }
         }
         Ok(())
+    }
+
+    /// The node a stage runs on (its project's `node_of`); `None` for the engine's own host,
+    /// also when the project is gone (its instances were made here or are being removed).
+    pub(crate) async fn node_of_stage(&self, project: &str, stage: &str) -> Result<Option<String>> {
+        Ok(self
+            .stored(|| "project read", self.inner.store.get_project(project))
+            .await?
+            .and_then(|p| p.node_of(stage).map(str::to_owned)))
     }
 
     async fn instance_op(&self, id: &str, op: InstanceOp) -> Result<Instance> {
@@ -132,13 +144,14 @@ impl Engine {
 
     async fn instance_op_locked(&self, id: &str, op: InstanceOp) -> Result<Instance> {
         let store = &self.inner.store;
-        let rt = &self.inner.runtime;
         let t = self.inner.settings.timeouts.clone();
         let grace = self.inner.settings.stop_grace;
         let mut inst = store
             .get_instance(id)
             .await?
             .ok_or_else(|| Error::not_found(format!("instance {id:?}")))?;
+        let node = self.node_of_stage(&inst.project, &inst.stage).await?;
+        let rt = &self.runtime_on(node.as_deref())?;
         let cid = inst.container_id.clone();
         let need_container = || {
             cid.clone().ok_or_else(|| {
@@ -186,9 +199,11 @@ impl Engine {
                 }
                 // `remove_container` succeeds for a container that is gone: check that none
                 // with this instance's label is left before saying it was removed.
-                let mut selector = self.managed_selector();
-                selector.insert(crate::model::labels::INSTANCE.into(), inst.id.clone());
-                let left = self.managed_containers(&selector).await?;
+                let selector = std::collections::BTreeMap::from([(
+                    crate::model::labels::INSTANCE.to_owned(),
+                    inst.id.clone(),
+                )]);
+                let left = self.containers_matching(node.as_deref(), &selector).await?;
                 if let Some(c) = left.first() {
                     return Err(Error::Conflict {
                         what: format!(

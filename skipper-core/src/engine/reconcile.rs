@@ -59,6 +59,9 @@ pub struct ReconcileReport {
     pub foreign: Vec<String>,
     /// Stages skipped because another operation holds them.
     pub busy: Vec<String>,
+    /// Nodes that could not be reached: their stages were left for a later pass.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreachable: Vec<String>,
 }
 
 impl ReconcileReport {
@@ -103,6 +106,11 @@ impl ReconcileReport {
             }
         }
         self.busy.extend(other.busy);
+        for n in other.unreachable {
+            if !self.unreachable.contains(&n) {
+                self.unreachable.push(n);
+            }
+        }
     }
 }
 
@@ -157,8 +165,38 @@ impl Engine {
             .map(|p| (p.name.clone(), p))
             .collect();
         let at = chrono::Utc::now();
-        let containers = self.managed_containers(&self.managed_selector()).await?;
-        let (containers, foreign) = self.split_owned(containers).await?;
+        // The nodes to look at: the engine's own host, every node a stage runs on, and every
+        // node known (orphans on a node no project names any more).
+        let mut nodes: BTreeSet<Option<String>> = BTreeSet::from([None]);
+        for p in projects.values() {
+            for s in p.stages.keys() {
+                nodes.insert(p.node_of(s).map(str::to_owned));
+            }
+        }
+        nodes.extend(self.known_nodes().into_iter().map(Some));
+        let mut report = ReconcileReport::default();
+        // This store's containers by node; a node that cannot be read now is left for later.
+        let mut containers: BTreeMap<Option<String>, Vec<ContainerInfo>> = BTreeMap::new();
+        for node in nodes {
+            let listed = match node.as_deref() {
+                None => self.managed_containers(None).await?,
+                Some(n) if !self.reachable(Some(n)) => {
+                    report.unreachable.push(n.to_owned());
+                    continue;
+                }
+                Some(n) => match self.managed_containers(Some(n)).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(node = n, error = %e.chain(), "cannot reach the node; its stages are reconciled on a later pass");
+                        report.unreachable.push(n.to_owned());
+                        continue;
+                    }
+                },
+            };
+            let (ours, foreign) = self.split_owned(listed).await?;
+            report.foreign.extend(foreign.into_iter().map(|c| c.name));
+            containers.insert(node, ours);
+        }
         // One read of the routes for the whole pass (a stage changed since reads its own).
         let routes = match &self.inner.proxy {
             Some(proxy) => timed(
@@ -170,20 +208,27 @@ impl Engine {
             .ok(),
             None => None,
         };
-        let mut stages: BTreeSet<(String, String)> = projects
+        // Every (project, stage, node) to look at: the stages where they run, and wherever
+        // this store's containers are found.
+        let mut stages: BTreeSet<(String, String, Option<String>)> = projects
             .values()
-            .flat_map(|p| p.stages.keys().map(|s| (p.name.clone(), s.clone())))
+            .flat_map(|p| {
+                p.stages
+                    .keys()
+                    .map(|s| (p.name.clone(), s.clone(), p.node_of(s).map(str::to_owned)))
+            })
             .collect();
-        for c in &containers {
-            if let (Some(p), Some(s)) = (label(c, labels::PROJECT), label(c, labels::STAGE)) {
-                stages.insert((p.to_owned(), s.to_owned()));
+        for (node, list) in &containers {
+            for c in list {
+                if let (Some(p), Some(s)) = (label(c, labels::PROJECT), label(c, labels::STAGE)) {
+                    stages.insert((p.to_owned(), s.to_owned(), node.clone()));
+                }
             }
         }
-        let mut report = ReconcileReport {
-            foreign: foreign.iter().map(|c| c.name.clone()).collect(),
-            ..ReconcileReport::default()
-        };
-        for (p, s) in stages {
+        for (p, s, node) in stages {
+            let Some(on_node) = containers.get(&node) else {
+                continue; // unreachable: said above
+            };
             let Some(lock) = self
                 .acquire_stage(&p, &s, std::time::Duration::ZERO)
                 .await?
@@ -191,14 +236,16 @@ impl Engine {
                 report.busy.push(format!("{p}/{s}"));
                 continue;
             };
-            let r = match projects
-                .get(&p)
-                .and_then(|proj| proj.stages.get(&s).map(|st| (proj, st)))
-            {
+            let r = match projects.get(&p).and_then(|proj| {
+                proj.stages
+                    .get(&s)
+                    .filter(|_| proj.node_of(&s) == node.as_deref())
+                    .map(|st| (proj, st))
+            }) {
                 Some((proj, st)) => {
                     let snapshot = Snapshot {
                         at,
-                        containers: containers
+                        containers: on_node
                             .iter()
                             .filter(|c| {
                                 label(c, labels::PROJECT) == Some(p.as_str())
@@ -210,7 +257,8 @@ impl Engine {
                     };
                     self.reconcile_stage_in(proj, st, Some(snapshot)).await
                 }
-                None => self.remove_unowned(&containers, &p, &s).await,
+                // Not a stage of this store on this node: its containers there are orphans.
+                None => self.remove_unowned(node.as_deref(), on_node, &p, &s).await,
             };
             lock.release().await;
             let r = r?;
@@ -256,18 +304,34 @@ impl Engine {
         .await
     }
 
-    /// Labelled containers of this engine's scope.
+    /// Labelled containers of this engine's scope on `node`.
     pub(crate) async fn managed_containers(
         &self,
-        selector: &BTreeMap<String, String>,
+        node: Option<&str>,
     ) -> Result<Vec<ContainerInfo>> {
+        self.containers_matching(node, &self.managed_selector(node))
+            .await
+    }
+
+    /// Containers of this engine's scope on `node` that carry every label of `extra` too.
+    pub(crate) async fn containers_matching(
+        &self,
+        node: Option<&str>,
+        extra: &BTreeMap<String, String>,
+    ) -> Result<Vec<ContainerInfo>> {
+        let mut selector = self.managed_selector(node);
+        selector.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let rt = self.runtime_on(node)?;
         let containers = timed(
-            || "container list".into(),
+            || match node {
+                Some(n) => format!("container list on node {n}"),
+                None => "container list".into(),
+            },
             self.inner.settings.timeouts.call,
-            self.inner.runtime.list_containers(selector),
+            rt.list_containers(&selector),
         )
         .await?;
-        Ok(self.in_scope(containers))
+        Ok(self.in_scope(node, containers))
     }
 
     /// This store's containers, and the others. A container carrying a store label is this
@@ -307,9 +371,11 @@ impl Engine {
         Ok((ours, foreign))
     }
 
-    /// This store's containers of a project or stage the store does not know: orphans.
+    /// This store's containers of a project or stage the store does not know (or not on this
+    /// node): orphans.
     async fn remove_unowned(
         &self,
+        node: Option<&str>,
         containers: &[ContainerInfo],
         project: &str,
         stage: &str,
@@ -318,18 +384,19 @@ impl Engine {
         for c in containers {
             if label(c, labels::PROJECT) == Some(project) && label(c, labels::STAGE) == Some(stage)
             {
-                self.remove_container_quietly(&c.id).await?;
+                self.remove_container_quietly(node, &c.id).await?;
                 report.removed_containers.push(c.name.clone());
             }
         }
         Ok(report)
     }
 
-    async fn remove_container_quietly(&self, id: &str) -> Result<()> {
+    async fn remove_container_quietly(&self, node: Option<&str>, id: &str) -> Result<()> {
+        let rt = self.runtime_on(node)?;
         timed(
             || "container removal".into(),
             self.inner.settings.timeouts.call,
-            self.inner.runtime.remove_container(id),
+            rt.remove_container(id),
         )
         .await
     }
@@ -337,13 +404,15 @@ impl Engine {
     /// This store's containers of one stage, and the foreign ones.
     pub(crate) async fn stage_containers(
         &self,
+        node: Option<&str>,
         project: &str,
         stage: &str,
     ) -> Result<(Vec<ContainerInfo>, Vec<ContainerInfo>)> {
-        let mut selector = self.managed_selector();
-        selector.insert(labels::PROJECT.into(), project.to_owned());
-        selector.insert(labels::STAGE.into(), stage.to_owned());
-        let containers = self.managed_containers(&selector).await?;
+        let selector = BTreeMap::from([
+            (labels::PROJECT.to_owned(), project.to_owned()),
+            (labels::STAGE.to_owned(), stage.to_owned()),
+        ]);
+        let containers = self.containers_matching(node, &selector).await?;
         self.split_owned(containers).await
     }
 
@@ -367,7 +436,8 @@ impl Engine {
         snapshot: Option<Snapshot<'_>>,
     ) -> Result<ReconcileReport> {
         let store = &self.inner.store;
-        let rt = &self.inner.runtime;
+        let node = project.node_of(&stage.name);
+        let rt = &self.runtime_on(node)?;
         let call = self.inner.settings.timeouts.call;
         let mut report = ReconcileReport::default();
 
@@ -397,8 +467,9 @@ impl Engine {
         let (containers, snapshot_routes) = match snapshot {
             Some(snap) => (snap.containers, Some(snap.routes)),
             None => {
-                let (containers, foreign) =
-                    self.stage_containers(&project.name, &stage.name).await?;
+                let (containers, foreign) = self
+                    .stage_containers(node, &project.name, &stage.name)
+                    .await?;
                 report.foreign = foreign.into_iter().map(|c| c.name).collect();
                 (containers, None)
             }
@@ -484,7 +555,7 @@ impl Engine {
             {
                 // Made by a deploy that failed or died, or retired and not yet removed.
                 if let Some(c) = container {
-                    self.remove_container_quietly(&c.id).await?;
+                    self.remove_container_quietly(node, &c.id).await?;
                     report.removed_containers.push(c.name.clone());
                 }
                 self.stored(|| "instance delete", store.delete_instance(&inst.id))
@@ -588,7 +659,7 @@ impl Engine {
                 && label(c, labels::INSTANCE).is_some()
                 && label(c, labels::TAG).is_some();
             if !adoptable {
-                self.remove_container_quietly(&c.id).await?;
+                self.remove_container_quietly(node, &c.id).await?;
                 report.removed_containers.push(c.name.clone());
                 continue;
             }

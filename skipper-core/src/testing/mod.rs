@@ -127,3 +127,56 @@ impl Notifier for RecordingNotifier {
 
 mod flaky_store;
 pub use flaky_store::{FlakyStore, StoreOp};
+
+/// A fixed set of nodes for tests ([`NodeRuntimes`](crate::backend::NodeRuntimes)): each node
+/// id with its runtime, and a switch to make one unreachable.
+#[derive(Default)]
+pub struct StaticNodes {
+    nodes: Mutex<
+        std::collections::BTreeMap<String, (std::sync::Arc<dyn crate::backend::Runtime>, bool)>,
+    >,
+}
+
+impl StaticNodes {
+    /// No nodes.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Add (or replace) `node` with its runtime, reachable.
+    pub fn add(&self, node: &str, runtime: std::sync::Arc<dyn crate::backend::Runtime>) {
+        self.lock().insert(node.to_owned(), (runtime, true));
+    }
+
+    /// Make `node` reachable or not.
+    pub fn set_reachable(&self, node: &str, reachable: bool) {
+        if let Some(n) = self.lock().get_mut(node) {
+            n.1 = reachable;
+        }
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<
+        '_,
+        std::collections::BTreeMap<String, (std::sync::Arc<dyn crate::backend::Runtime>, bool)>,
+    > {
+        self.nodes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl crate::backend::NodeRuntimes for StaticNodes {
+    fn runtime(&self, node: &str) -> Option<std::sync::Arc<dyn crate::backend::Runtime>> {
+        self.lock().get(node).map(|n| n.0.clone())
+    }
+
+    fn is_reachable(&self, node: &str) -> bool {
+        self.lock().get(node).is_some_and(|n| n.1)
+    }
+
+    fn nodes(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
+    }
+}
