@@ -128,13 +128,15 @@ impl Notifier for RecordingNotifier {
 mod flaky_store;
 pub use flaky_store::{FlakyStore, StoreOp};
 
+/// Each node's runtime and whether it is reachable.
+type NodeMap =
+    std::collections::BTreeMap<String, (std::sync::Arc<dyn crate::backend::Runtime>, bool)>;
+
 /// A fixed set of nodes for tests ([`NodeRuntimes`](crate::backend::NodeRuntimes)): each node
 /// id with its runtime, and a switch to make one unreachable.
 #[derive(Default)]
 pub struct StaticNodes {
-    nodes: Mutex<
-        std::collections::BTreeMap<String, (std::sync::Arc<dyn crate::backend::Runtime>, bool)>,
-    >,
+    nodes: Mutex<NodeMap>,
 }
 
 impl StaticNodes {
@@ -155,12 +157,7 @@ impl StaticNodes {
         }
     }
 
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<
-        '_,
-        std::collections::BTreeMap<String, (std::sync::Arc<dyn crate::backend::Runtime>, bool)>,
-    > {
+    fn lock(&self) -> std::sync::MutexGuard<'_, NodeMap> {
         self.nodes
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
