@@ -281,3 +281,142 @@ fn kill_9_of_the_server_with_orders_in_flight_loses_none_and_runs_none_twice() {
         assert_eq!(runs, 1, "order {id} ran {runs} times:\n{text}");
     }
 }
+
+/// One server, two nodes, each with its own `skippy`: a project whose stages name the nodes
+/// deploys to each through its agent (pull, create, health probe on the node, blue-green, an
+/// unhealthy version rolled back, a rollback), every container labelled with its node and
+/// nothing on the server's own host. A node whose agent stops goes offline: the periodic
+/// reconcile says it is unreachable and leaves its stage alone; back, it is clean again.
+#[test]
+#[ignore = "needs docker engine"]
+fn one_server_deploys_to_two_nodes_through_their_agents() {
+    let env = common::or_skip!(common::env_or_skip("two-nodes", common::env::TestEnv::load));
+    let world = World::new(Scope::new("nodes"));
+    let addr = format!("127.0.0.1:{}", free_port());
+    let _server = {
+        let mut c = world.text_command(&["serve", "--listen", &addr, "--log-format", "json"]);
+        c.env("SKIPPER_ADMIN_TOKEN", TOKEN)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        KillOnDrop(Some(c.spawn().expect("start skipper serve")))
+    };
+    wait_for(30, "the server", || {
+        (curl(&addr, "GET", "/v1/health", None).0 == 200).then_some(())
+    });
+    let mut agents = Vec::new();
+    let mut tokens = Vec::new();
+    for id in ["host-1", "host-2"] {
+        let (code, node) = curl(&addr, "POST", "/v1/nodes", Some(json!({"id": id})));
+        assert_eq!(code, 201, "{node}");
+        let token = node["token"].as_str().unwrap().to_owned();
+        let data = world.dir.path().join(id);
+        agents.push(agent(&addr, id, &token, &data, &world.scope.name));
+        tokens.push((token, data));
+    }
+    for id in ["host-1", "host-2"] {
+        wait_for(20, "the nodes to be online", || {
+            (curl(&addr, "GET", &format!("/v1/nodes/{id}"), None).1["status"] == "online")
+                .then_some(())
+        });
+    }
+    let (code, p) = curl(
+        &addr,
+        "POST",
+        "/v1/projects",
+        Some(json!({
+            "name": "app", "image": env.image("v1").rsplit_once(':').unwrap().0, "port": 8080,
+            "healthcheck": { "path": "/health", "deadline": "20s" },
+            "stages": {
+                "one": { "tag_pattern": "*", "node": "host-1" },
+                "two": { "tag_pattern": "*", "node": "host-2" },
+            },
+        })),
+    );
+    assert_eq!(code, 201, "{p}");
+    assert_eq!(p["stages"]["one"]["node"], "host-1", "{p:#}");
+    let deploy = |stage: &str, tag: &str| {
+        let (code, d) = curl(
+            &addr,
+            "POST",
+            &format!("/v1/projects/app/stages/{stage}/instances?wait=true"),
+            Some(json!({"tag": tag})),
+        );
+        assert_eq!(code, 200, "{d}");
+        d
+    };
+    let on_node = |node: &str| -> Vec<String> {
+        let out = common::docker::docker(&[
+            "ps",
+            "-q",
+            "--filter",
+            &world.scope.filter(),
+            "--filter",
+            &format!("label=dev.skipper.node={node}"),
+        ]);
+        out.lines().map(str::to_owned).collect()
+    };
+    let address = |d: &Value| d["instance"]["address"].as_str().unwrap().to_owned();
+
+    let d = deploy("one", "v1");
+    assert_eq!(d["status"], "succeeded", "{d:#}");
+    assert_eq!(common::http::body(&address(&d)), "v1");
+    let d = deploy("two", "v2");
+    assert_eq!(d["status"], "succeeded", "{d:#}");
+    assert_eq!(common::http::body(&address(&d)), "v2");
+    assert_eq!(on_node("host-1").len(), 1);
+    assert_eq!(on_node("host-2").len(), 1);
+    let all = common::docker::docker(&["ps", "-aq", "--filter", &world.scope.filter()]);
+    assert_eq!(all.lines().count(), 2, "nothing beside the two: {all}");
+
+    // Blue-green on host-1, an unhealthy version rolled back there, then a rollback.
+    let d = deploy("one", "v2");
+    assert_eq!(d["status"], "succeeded", "{d:#}");
+    let v2 = address(&d);
+    assert_eq!(common::http::body(&v2), "v2");
+    assert_eq!(on_node("host-1").len(), 1, "v1 retired on host-1");
+    let d = deploy("one", "unhealthy");
+    assert_eq!(d["status"], "failed", "{d:#}");
+    assert_eq!(common::http::body(&v2), "v2", "v2 keeps serving");
+    assert_eq!(on_node("host-1").len(), 1, "the unhealthy one is gone");
+    let (code, d) = curl(
+        &addr,
+        "POST",
+        "/v1/projects/app/stages/one/rollback?wait=true",
+        None,
+    );
+    assert_eq!(code, 200, "{d}");
+    assert_eq!(d["status"], "succeeded", "{d:#}");
+    assert_eq!(common::http::body(&address(&d)), "v1");
+
+    // host-2's agent stops: offline, and reconcile leaves its stage alone.
+    let mut two = agents.pop().unwrap();
+    let _ = two.child().kill();
+    let _ = two.take().wait();
+    wait_for(40, "host-2 to be offline", || {
+        (curl(&addr, "GET", "/v1/nodes/host-2", None).1["status"] == "offline").then_some(())
+    });
+    let (code, r) = curl(&addr, "POST", "/v1/reconcile", None);
+    assert_eq!(code, 200, "{r}");
+    assert_eq!(r["unreachable"], json!(["host-2"]), "{r:#}");
+    assert_eq!(on_node("host-2").len(), 1, "its container is left alone");
+    // Back: online and clean; nothing ran twice or was left waiting.
+    let (token, data) = &tokens[1];
+    let _two = agent(&addr, "host-2", token, data, &world.scope.name);
+    wait_for(20, "host-2 to be online", || {
+        (curl(&addr, "GET", "/v1/nodes/host-2", None).1["status"] == "online").then_some(())
+    });
+    let (_, r) = curl(&addr, "POST", "/v1/reconcile", None);
+    assert!(r.get("unreachable").is_none(), "{r:#}");
+    assert_eq!(on_node("host-2").len(), 1);
+    assert_eq!(on_node("host-1").len(), 1);
+    let (_, orders) = curl(&addr, "GET", "/v1/work-orders?node=host-1", None);
+    let orders = orders.as_array().cloned().unwrap_or_default();
+    assert!(!orders.is_empty());
+    assert!(
+        orders
+            .iter()
+            .all(|o| ["succeeded", "failed", "cancelled"]
+                .contains(&o["status"].as_str().unwrap_or(""))),
+        "nothing left waiting: {orders:#?}"
+    );
+}

@@ -95,6 +95,8 @@ pub(crate) struct App {
     pub(crate) data_dir: PathBuf,
     /// The server's notification outbox.
     pub(crate) outbox: Option<Arc<crate::server::outbox::Outbox>>,
+    /// The server's nodes and work orders.
+    pub(crate) nodes: Option<Arc<crate::server::nodes::Nodes>>,
 }
 
 /// Whether `dir` exists and this process cannot write it or its database: a read-only mount,
@@ -217,9 +219,19 @@ pub(crate) async fn build(cli: &Cli) -> Result<App> {
     }
     // The server queues events in its durable outbox (a restart loses none, a slow receiver
     // never delays a deploy); a CLI command delivers them itself.
+    let mut nodes = None;
     let outbox = if matches!(cli.command, Command::Serve(_)) {
         let outbox = crate::server::outbox::Outbox::open(&data_dir, &targets)?;
         builder = builder.notifier(outbox.clone());
+        // The server drives its registered nodes' hosts through their agents.
+        let n = Arc::new(crate::server::nodes::Nodes::open(
+            &data_dir,
+            crate::server::nodes::HEARTBEAT,
+        )?);
+        builder = builder.nodes(Arc::new(crate::server::remote_runtime::AgentNodes(
+            n.clone(),
+        )));
+        nodes = Some(n);
         Some(outbox)
     } else {
         for t in &targets {
@@ -264,6 +276,7 @@ pub(crate) async fn build(cli: &Cli) -> Result<App> {
         read_only,
         data_dir,
         outbox,
+        nodes,
     })
 }
 
@@ -350,7 +363,8 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         Command::Node(cmd) => {
-            let nodes = crate::server::nodes::Nodes::open(&app.data_dir, Duration::from_secs(5))?;
+            let nodes =
+                crate::server::nodes::Nodes::open(&app.data_dir, crate::server::nodes::HEARTBEAT)?;
             let (node, token) = match cmd {
                 crate::cli::NodeCommand::Register(r) => {
                     let (n, t) = nodes

@@ -1087,6 +1087,29 @@ projects:
     }
 
     #[test]
+    fn a_project_or_stage_names_its_node() {
+        let text = "projects:\n  web:\n    image: reg/web\n    node: host-1\n    stages:\n      dev: { tag_pattern: \"*\" }\n      prod: { tag_pattern: \"v*\", node: edge_2 }\n";
+        let c = Config::parse(text).unwrap();
+        let p = &c.projects["web"];
+        assert_eq!(p.node_of("dev"), Some("host-1"));
+        assert_eq!(p.node_of("prod"), Some("edge_2"));
+        // The document keeps both, and reads back to the same project.
+        let doc = Config::project_document(p);
+        assert_eq!(doc["node"], "host-1");
+        assert_eq!(doc["stages"]["prod"]["node"], "edge_2");
+        let back = Config::parse_project("web", &doc.to_string(), &BTreeMap::new()).unwrap();
+        assert_eq!(&back, p);
+
+        let (field, line, msg) = err(&text.replace("node: host-1", "node: Host/1"));
+        assert_eq!(field, "projects.web.node");
+        assert_eq!(line, Some(4));
+        assert!(msg.contains("a-z, 0-9"), "{msg}");
+        let (field, line, _) = err(&text.replace("node: edge_2", "node: \"../x\""));
+        assert_eq!(field, "projects.web.stages.prod.node");
+        assert_eq!(line, Some(7));
+    }
+
+    #[test]
     fn errors_name_field_and_line() {
         let bad_pattern = EXAMPLE.replace("\"dev-*\"", "\"dev-[\"");
         let (field, line, msg) = err(&bad_pattern);

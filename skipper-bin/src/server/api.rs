@@ -625,12 +625,14 @@ pub(crate) struct InspectBody {
         pattern = "^[a-z0-9]+([._/:-][a-z0-9]+)*:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
     )]
     image: String,
+    /// The node to pull and read it on (default: the server's own host).
+    node: Option<String>,
 }
 
-async fn defaults_of(s: &AppState, image: &ImageRef) -> ApiResult<Value> {
+async fn defaults_of(s: &AppState, image: &ImageRef, node: Option<&str>) -> ApiResult<Value> {
     let d = s
         .engine
-        .quick_defaults(image, skipper_core::PullPolicy::Missing, None)
+        .quick_defaults_on(node, image, skipper_core::PullPolicy::Missing, None)
         .await?;
     Ok(json!({
         "image": image.to_string(),
@@ -655,7 +657,9 @@ pub(crate) async fn inspect(
 ) -> ApiResult<Json> {
     let image =
         ImageRef::parse(&b.image).map_err(|e| ApiError::bad_request(format!("image: {e}")))?;
-    Ok(axum::Json(defaults_of(&s, &image).await?))
+    Ok(axum::Json(
+        defaults_of(&s, &image, b.node.as_deref()).await?,
+    ))
 }
 
 /// A quick deploy: an image and what to change of its defaults.
@@ -680,6 +684,8 @@ pub(crate) struct QuickBody {
     health_path: Option<String>,
     /// The stage's subdomain label.
     subdomain: Option<String>,
+    /// The node the stage runs on (default: the project's, else the server's own host).
+    node: Option<String>,
 }
 
 impl QuickBody {
@@ -692,6 +698,7 @@ impl QuickBody {
             port: None,
             health_path: None,
             subdomain: None,
+            node: None,
         }
     }
 }
@@ -726,12 +733,27 @@ pub(crate) async fn quick_request(
     image: &ImageRef,
     b: &QuickBody,
 ) -> ApiResult<DeployRequest> {
+    let stage = b.stage.clone().unwrap_or_else(|| "dev".into());
+    // The image is pulled and read where it will run.
+    let named = match &b.project {
+        Some(name) => s.engine.store().get_project(name).await?,
+        None => None,
+    };
+    let node = b.node.clone().or_else(|| {
+        named
+            .as_ref()
+            .and_then(|p| p.node_of(&stage).map(str::to_owned))
+    });
     let d = s
         .engine
-        .quick_defaults(image, skipper_core::PullPolicy::Missing, None)
+        .quick_defaults_on(
+            node.as_deref(),
+            image,
+            skipper_core::PullPolicy::Missing,
+            None,
+        )
         .await?;
     let name = b.project.clone().unwrap_or(d.project);
-    let stage = b.stage.clone().unwrap_or_else(|| "dev".into());
     let lease = s.engine.project_lease(&name).await?;
     let r = async {
         let mut p = match s.engine.store().get_project(&name).await? {
@@ -763,6 +785,14 @@ pub(crate) async fn quick_request(
             .or_insert_with(|| skipper_core::Stage::new(stage.clone()));
         if b.subdomain.is_some() {
             st.subdomain = b.subdomain.clone();
+        }
+        if let Some(n) = &b.node
+            && p.node_of(&stage) != Some(n.as_str())
+        {
+            // The stage moves there (refused while it has instances elsewhere).
+            if let Some(st) = p.stages.get_mut(&stage) {
+                st.node = Some(n.clone());
+            }
         }
         p.validate()?;
         s.engine.put_project(&p).await?;

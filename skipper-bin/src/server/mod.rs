@@ -413,7 +413,7 @@ pub(crate) async fn state(
     engine: Engine,
     config: Config,
     idempotency: idempotency::Idempotency,
-    nodes: nodes::Nodes,
+    nodes: Arc<nodes::Nodes>,
     reconcile_interval: Duration,
     public_url: Option<String>,
 ) -> Result<(AppState, Option<SecretString>)> {
@@ -441,7 +441,7 @@ pub(crate) async fn state(
             auto_create: Arc::new(AtomicBool::new(auto_create)),
             reconcile_interval,
             public_url,
-            nodes: Arc::new(nodes),
+            nodes,
             nonces: Arc::new(crate::proto::Nonces::default()),
         },
         made,
@@ -490,11 +490,16 @@ pub(crate) async fn run(
             .context("opening server.db")??
     };
     let poll_interval = built.config.global.poll_interval;
-    let nodes = {
-        let dir = data_dir.to_owned();
-        tokio::task::spawn_blocking(move || nodes::Nodes::open(&dir, Duration::from_secs(5)))
-            .await
-            .context("opening server.db")??
+    let nodes = match &built.nodes {
+        Some(n) => n.clone(),
+        None => {
+            let dir = data_dir.to_owned();
+            Arc::new(
+                tokio::task::spawn_blocking(move || nodes::Nodes::open(&dir, nodes::HEARTBEAT))
+                    .await
+                    .context("opening server.db")??,
+            )
+        }
     };
     let (state, made) = state(
         engine.clone(),

@@ -142,6 +142,9 @@ impl From<NodeError> for super::error::ApiError {
 
 type R<T> = Result<T, NodeError>;
 
+/// The heartbeat the server asks of its agents; a node is offline after three missed.
+pub(crate) const HEARTBEAT: Duration = Duration::from_secs(5);
+
 fn valid_id(what: &str, id: &str) -> R<()> {
     let ok = !id.is_empty()
         && id.len() <= 63

@@ -1,18 +1,8 @@
 //! `RemoteRuntime`: the `Runtime` of a node, each call forwarded to its `skippy` as a work
 //! order (priority `high`) and answered through the signed channel. The engine drives a remote
 //! host as it drives the local one: its own time limits bound every call, and a call it gives
-//! up on is cancelled so it never runs late.
-//!
-//! The engine's tests here drive it through a simulated agent; routing a project's deploys to
-//! its node (`node:` in a project) is the next step of issue 11, so the binary does not build
-//! one yet.
-#![cfg_attr(
-    not(test),
-    allow(
-        dead_code,
-        reason = "wired to projects with `node:` in the next step; tested here"
-    )
-)]
+//! up on is cancelled so it never runs late. [`AgentNodes`] hands the engine one for each
+//! registered node (a project or stage with `node:` runs there).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,11 +13,35 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use skipper_core::{
     ContainerInfo, ContainerSpec, Credentials, Error, ErrorKind, ImageMetadata, ImageRef,
-    ProbeResult, ProgressSender, PulledImage, Result, Runtime,
+    NodeRuntimes, ProbeResult, ProgressSender, PulledImage, Result, Runtime,
 };
 
 use super::nodes::Nodes;
 use crate::runtime_call::{RuntimeCall, error_of};
+
+/// The server's nodes as the engine sees them ([`NodeRuntimes`]): each registered node's
+/// runtime forwards to its agent; a node is reachable while its heartbeats arrive.
+pub(crate) struct AgentNodes(pub(crate) Arc<Nodes>);
+
+impl NodeRuntimes for AgentNodes {
+    fn runtime(&self, node: &str) -> Option<Arc<dyn Runtime>> {
+        self.0
+            .get(node)
+            .ok()
+            .map(|_| Arc::new(RemoteRuntime::new(self.0.clone(), node)) as Arc<dyn Runtime>)
+    }
+
+    fn is_reachable(&self, node: &str) -> bool {
+        self.0.get(node).is_ok_and(|n| n.status == "online")
+    }
+
+    fn nodes(&self) -> Vec<String> {
+        self.0
+            .list()
+            .map(|l| l.into_iter().map(|n| n.id).collect())
+            .unwrap_or_default()
+    }
+}
 
 /// A node's runtime.
 pub(crate) struct RemoteRuntime {
@@ -298,14 +312,16 @@ mod tests {
             stop.clone(),
         ));
         let settings = skipper_core::EngineSettings::default();
-        let engine = Engine::builder(
-            Arc::new(RemoteRuntime::new(nodes.clone(), "host-1")),
-            Arc::new(MemoryStore::new()),
-        )
-        .proxy(Arc::new(FakeProxy::new()))
-        .settings(settings)
-        .build();
+        // The server's own host has nothing; the project names the node.
+        let here = Arc::new(FakeRuntime::new());
+        let engine = Engine::builder(here.clone(), Arc::new(MemoryStore::new()))
+            .proxy(Arc::new(FakeProxy::new()))
+            .nodes(Arc::new(AgentNodes(nodes.clone())))
+            .settings(settings)
+            .build();
+        nodes.heartbeat("host-1").unwrap();
         let mut p = Project::new("web", REPO).unwrap();
+        p.node = Some("host-1".into());
         p.port = Some(8080);
         p.health.path = Some("/health".into());
         p.health.deadline = Duration::from_secs(3);
@@ -336,7 +352,21 @@ mod tests {
             1,
             "v2 keeps serving; the unhealthy one is gone"
         );
-        assert!(engine.reconcile().await.unwrap().is_clean());
+        let report = engine.reconcile().await.unwrap();
+        assert!(
+            report.is_clean() && report.unreachable.is_empty(),
+            "{report:?}"
+        );
+        assert!(
+            here.containers().is_empty(),
+            "nothing ran on the server's host"
+        );
+        let ps = engine
+            .observe(&skipper_core::InstanceFilter::default())
+            .await
+            .unwrap();
+        assert_eq!(ps.len(), 1, "{ps:?}");
+        assert_eq!(ps[0].state, skipper_core::InstanceState::Running);
         let orders = nodes.orders(Some("host-1"), 1000).unwrap();
         assert!(
             orders

@@ -43,6 +43,9 @@ pub(crate) struct ProjectDoc {
     route: Option<RouteDoc>,
     /// Stages by name.
     stages: Option<BTreeMap<String, StageFields>>,
+    /// The node (a host running `skippy`) it runs on (default: the server's own host).
+    #[schema(pattern = "^[a-z0-9][a-z0-9_-]{0,62}$")]
+    node: Option<String>,
 }
 
 /// The health check.
@@ -99,6 +102,9 @@ pub(crate) struct StageFields {
     /// The stage's own subdomain label.
     #[schema(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
     subdomain: Option<String>,
+    /// The node the stage runs on (default: the project's).
+    #[schema(pattern = "^[a-z0-9][a-z0-9_-]{0,62}$")]
+    node: Option<String>,
 }
 
 /// A new stage: its fields plus `name`.
@@ -117,6 +123,8 @@ pub(crate) struct StageDoc {
     promote_from: Option<String>,
     #[schema(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
     subdomain: Option<String>,
+    #[schema(pattern = "^[a-z0-9][a-z0-9_-]{0,62}$")]
+    node: Option<String>,
 }
 
 /// A `skipper.yaml` for import (its `projects:`; other sections are refused here).
@@ -145,4 +153,6 @@ pub(crate) struct ProjectFields {
     network: Option<String>,
     route: Option<RouteDoc>,
     stages: Option<BTreeMap<String, StageFields>>,
+    #[schema(pattern = "^[a-z0-9][a-z0-9_-]{0,62}$")]
+    node: Option<String>,
 }
