@@ -43,6 +43,9 @@ struct Saga {
     stage: Stage,
     /// The runtime of the stage's node (the engine's own when it names none).
     rt: Arc<dyn Runtime>,
+    /// The stage's node was offline at the start: the deploy waits for it (and reconciles the
+    /// stage then) before its first step.
+    waits_for: Option<String>,
     deployment: Deployment,
     undo: Vec<(Step, Undo)>,
     fence: Fence,
@@ -259,11 +262,16 @@ impl Engine {
             project.validate()?;
             stage = project.stage(&stage.name)?.clone();
         }
-        let rt = self.runtime_on(project.node_of(&stage.name))?;
+        let node = project.node_of(&stage.name).map(str::to_owned);
+        let rt = self.runtime_on(node.as_deref())?;
         let guard = self.guard(lease, req.cancel.clone());
-        // Repair whatever an earlier, interrupted operation left on this stage.
-        self.reconcile_stage(&project, &stage).await?;
-        guard.check()?;
+        // A node that is offline: the deploy is recorded (and answered) now and waits for it.
+        let waits_for = node.filter(|n| !self.reachable(Some(n)));
+        if waits_for.is_none() {
+            // Repair whatever an earlier, interrupted operation left on this stage.
+            self.reconcile_stage(&project, &stage).await?;
+            guard.check()?;
+        }
 
         let mut deployment = Deployment {
             id: req.id.clone().unwrap_or_else(new_id),
@@ -298,6 +306,7 @@ impl Engine {
             project,
             stage,
             rt,
+            waits_for,
             deployment,
             undo: Vec::new(),
             fence,
@@ -310,6 +319,43 @@ impl Engine {
         };
         self.publish(super::Activity::Finished(Box::new(done.clone())));
         Ok(done)
+    }
+
+    /// Wait (logging it) until `node` is reachable, within the node-wait limit, then repair the
+    /// stage as every deploy does before its first step.
+    async fn wait_for_node(&self, saga: &mut Saga, node: &str, guard: &Guard) -> Result<()> {
+        let limit = self.inner.settings.timeouts.node_wait;
+        saga.log(
+            Step::Validate,
+            StepStatus::Done,
+            format!(
+                "node {node} is offline: waiting for it (up to {})",
+                humantime::format_duration(limit)
+            ),
+        );
+        let until = tokio::time::Instant::now() + limit;
+        while !self.reachable(Some(node)) {
+            if tokio::time::Instant::now() >= until {
+                return Err(Error::Timeout {
+                    what: format!("waiting for node {node:?} to come back online"),
+                    after: limit,
+                });
+            }
+            guard
+                .run(async {
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    Ok(())
+                })
+                .await?;
+        }
+        saga.log(
+            Step::Validate,
+            StepStatus::Done,
+            format!("node {node} is online"),
+        );
+        self.reconcile_stage_with(&saga.project, &saga.stage, None, Some(&saga.deployment.id))
+            .await?;
+        Ok(())
     }
 
     /// Why this operation must stop: the lease, the request's token, shutdown.
@@ -379,6 +425,12 @@ impl Engine {
         let rt = saga.rt.clone();
         let t = self.inner.settings.timeouts.clone();
         let image = req.image.clone();
+
+        if let Some(node) = saga.waits_for.clone() {
+            self.wait_for_node(saga, &node, guard)
+                .await
+                .at(Step::Validate)?;
+        }
 
         // 2. Pull.
         let credentials = guard

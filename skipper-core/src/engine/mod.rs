@@ -63,6 +63,9 @@ pub struct StepTimeouts {
     pub record: Duration,
     /// Any other backend call (inspect, list, logs).
     pub call: Duration,
+    /// How long a deploy to a node that is offline waits for it to come back (the deploy is
+    /// recorded and reported at once, then waits; past this it fails).
+    pub node_wait: Duration,
 }
 
 impl Default for StepTimeouts {
@@ -75,6 +78,7 @@ impl Default for StepTimeouts {
             retire: Duration::from_secs(60),
             record: Duration::from_secs(30),
             call: Duration::from_secs(30),
+            node_wait: Duration::from_secs(10 * 60),
         }
     }
 }

@@ -252,3 +252,68 @@ async fn orphans_on_a_node_no_project_names_are_removed_there() {
     assert_eq!(report.removed_containers.len(), 1, "{report:?}");
     assert!(f.remote.containers().is_empty());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_deploy_to_an_offline_node_is_recorded_at_once_and_waits_for_it() {
+    let f = fleet(false).await;
+    f.nodes.set_reachable("n1", false);
+    let mut feed = f.engine.activity();
+    let engine = f.engine.clone();
+    let task = tokio::spawn(async move {
+        engine
+            .deploy(DeployRequest::new("web", "dev", image("v1")))
+            .await
+    });
+    // Started (so a server answers 202) while the node is still away; nothing ran there.
+    let started = loop {
+        match feed.recv().await.unwrap() {
+            Activity::Started(d) => break d,
+            _ => continue,
+        }
+    };
+    assert_eq!(started.status, DeployStatus::InProgress);
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(!task.is_finished(), "still waiting for n1");
+    assert_eq!(f.remote.calls(Op::Create), 0);
+    let waiting = f
+        .engine
+        .store()
+        .get_deployment(&started.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(waiting.status, DeployStatus::InProgress, "{waiting:?}");
+    f.nodes.set_reachable("n1", true);
+    let d = task.await.unwrap().unwrap();
+    assert_eq!(d.status, DeployStatus::Succeeded, "{d:?}");
+    assert_eq!(d.id, started.id);
+    assert!(
+        d.steps
+            .iter()
+            .any(|s| s.message.contains("n1 is offline: waiting")),
+        "{:?}",
+        d.steps
+    );
+    assert_eq!(f.remote.running().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_node_that_stays_offline_fails_the_deploy_at_its_deadline() {
+    let f = fleet(false).await;
+    f.nodes.set_reachable("n1", false);
+    let d = f
+        .engine
+        .deploy(DeployRequest::new("web", "dev", image("v1")))
+        .await
+        .unwrap();
+    assert_eq!(d.status, DeployStatus::Failed, "{d:?}");
+    let e = d.error.unwrap();
+    assert_eq!(e.step, crate::model::Step::Validate);
+    assert_eq!(e.kind, ErrorKind::Timeout);
+    assert!(e.message.contains("node \"n1\""), "{}", e.message);
+    assert_eq!(f.remote.calls(Op::Create), 0);
+    assert!(f.remote.containers().is_empty() && f.local.containers().is_empty());
+    // Nothing is left in progress, and the stage deploys once the node is back.
+    f.nodes.set_reachable("n1", true);
+    f.deploy("dev", "v1").await;
+}

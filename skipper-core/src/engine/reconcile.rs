@@ -435,6 +435,19 @@ impl Engine {
         stage: &Stage,
         snapshot: Option<Snapshot<'_>>,
     ) -> Result<ReconcileReport> {
+        self.reconcile_stage_with(project, stage, snapshot, None)
+            .await
+    }
+
+    /// [`reconcile_stage_in`](Self::reconcile_stage_in), leaving the deployment `running` (the
+    /// caller's own, recorded before it could reconcile) as it is.
+    pub(crate) async fn reconcile_stage_with(
+        &self,
+        project: &Project,
+        stage: &Stage,
+        snapshot: Option<Snapshot<'_>>,
+        running: Option<&str>,
+    ) -> Result<ReconcileReport> {
         let store = &self.inner.store;
         let node = project.node_of(&stage.name);
         let rt = &self.runtime_on(node)?;
@@ -496,7 +509,7 @@ impl Engine {
         }
         for mut d in history
             .into_iter()
-            .filter(|d| d.status == DeployStatus::InProgress)
+            .filter(|d| d.status == DeployStatus::InProgress && Some(d.id.as_str()) != running)
         {
             let committed = d
                 .instance_id
