@@ -285,8 +285,7 @@ fn kill_9_of_the_server_with_orders_in_flight_loses_none_and_runs_none_twice() {
 /// One server, two nodes, each with its own `skippy`: a project whose stages name the nodes
 /// deploys to each through its agent (pull, create, health probe on the node, blue-green, an
 /// unhealthy version rolled back, a rollback), every container labelled with its node and
-/// nothing on the server's own host. A node whose agent stops goes offline: the periodic
-/// reconcile says it is unreachable and leaves its stage alone; back, it is clean again.
+/// nothing on the server's own host; reconcile then finds nothing to repair on either.
 #[test]
 #[ignore = "needs docker engine"]
 fn one_server_deploys_to_two_nodes_through_their_agents() {
@@ -303,15 +302,13 @@ fn one_server_deploys_to_two_nodes_through_their_agents() {
     wait_for(30, "the server", || {
         (curl(&addr, "GET", "/v1/health", None).0 == 200).then_some(())
     });
-    let mut agents = Vec::new();
-    let mut tokens = Vec::new();
+    let mut _agents = Vec::new();
     for id in ["host-1", "host-2"] {
         let (code, node) = curl(&addr, "POST", "/v1/nodes", Some(json!({"id": id})));
         assert_eq!(code, 201, "{node}");
         let token = node["token"].as_str().unwrap().to_owned();
         let data = world.dir.path().join(id);
-        agents.push(agent(&addr, id, &token, &data, &world.scope.name));
-        tokens.push((token, data));
+        _agents.push(agent(&addr, id, &token, &data, &world.scope.name));
     }
     for id in ["host-1", "host-2"] {
         wait_for(20, "the nodes to be online", || {
@@ -388,23 +385,7 @@ fn one_server_deploys_to_two_nodes_through_their_agents() {
     assert_eq!(d["status"], "succeeded", "{d:#}");
     assert_eq!(common::http::body(&address(&d)), "v1");
 
-    // host-2's agent stops: offline, and reconcile leaves its stage alone.
-    let mut two = agents.pop().unwrap();
-    let _ = two.child().kill();
-    let _ = two.take().wait();
-    wait_for(40, "host-2 to be offline", || {
-        (curl(&addr, "GET", "/v1/nodes/host-2", None).1["status"] == "offline").then_some(())
-    });
-    let (code, r) = curl(&addr, "POST", "/v1/reconcile", None);
-    assert_eq!(code, 200, "{r}");
-    assert_eq!(r["unreachable"], json!(["host-2"]), "{r:#}");
-    assert_eq!(on_node("host-2").len(), 1, "its container is left alone");
-    // Back: online and clean; nothing ran twice or was left waiting.
-    let (token, data) = &tokens[1];
-    let _two = agent(&addr, "host-2", token, data, &world.scope.name);
-    wait_for(20, "host-2 to be online", || {
-        (curl(&addr, "GET", "/v1/nodes/host-2", None).1["status"] == "online").then_some(())
-    });
+    // (A node that goes offline, and a deploy that waits for it: tests/fleet_docker.rs.)
     let (_, r) = curl(&addr, "POST", "/v1/reconcile", None);
     assert!(r.get("unreachable").is_none(), "{r:#}");
     assert_eq!(on_node("host-2").len(), 1);

@@ -266,7 +266,12 @@ impl Agent {
     async fn docker(&self) -> skipper_core::Result<&Arc<skipper_core::docker::DockerRuntime>> {
         self.docker
             .get_or_try_init(|| async {
-                let mut rt = skipper_core::docker::DockerRuntime::connect().await?;
+                // In a container (the skippy image sets it), apps are probed at their address
+                // on their network, which the agent's container joins.
+                let in_container = env("SKIPPER_IN_CONTAINER").as_deref() == Some("1");
+                let mut rt = skipper_core::docker::DockerRuntime::connect()
+                    .await?
+                    .with_probe_via_network(in_container);
                 if let Some(scope) = env("SKIPPER_SCOPE") {
                     rt = rt.with_scope(scope);
                 }
