@@ -317,6 +317,7 @@ impl Engine {
             lost: lease.lost_token(),
             cancel,
             shutdown: self.inner.shutdown.clone(),
+            tenure: lease.tenure(),
         }
     }
 
@@ -678,6 +679,9 @@ impl Engine {
                 upstream: upstream.clone(),
                 options,
             };
+            // The commit point is next: the stage domain is switched only by a holder the store
+            // says holds the lease now (the renew task may not have run since a takeover).
+            guard.renew(t.record).await.at(Step::Switch)?;
             saga.undo.push((
                 Step::Switch,
                 Undo::RestoreRoute {
@@ -1085,8 +1089,20 @@ impl Engine {
             );
         } else {
             // With the lease lost, routes are the new holder's to decide: undo only what this
-            // deploy made (its container and record).
-            self.compensate(&mut saga, guard.lease_lost()).await;
+            // deploy made (its container and record). Lost means the renew task saw it, the
+            // failure itself was a lost lease (the fenced commit refused), or the store says so
+            // now: a route put back without the lease could overwrite the new holder's.
+            let lease_lost = guard.lease_lost()
+                || matches!(error, Error::LeaseLost { .. })
+                || (saga
+                    .undo
+                    .iter()
+                    .any(|(_, u)| matches!(u, Undo::RestoreRoute { .. }))
+                    && matches!(
+                        guard.renew(self.inner.settings.timeouts.record).await,
+                        Err(Error::LeaseLost { .. })
+                    ));
+            self.compensate(&mut saga, lease_lost).await;
         }
         let d = &mut saga.deployment;
         d.status = DeployStatus::Failed;

@@ -343,6 +343,7 @@ pub(crate) struct Guard {
     lost: CancellationToken,
     cancel: Option<CancellationToken>,
     shutdown: CancellationToken,
+    tenure: std::sync::Arc<lock::Tenure>,
 }
 
 impl Guard {
@@ -369,6 +370,13 @@ impl Guard {
     /// Whether the lease was lost.
     pub(crate) fn lease_lost(&self) -> bool {
         self.lost.is_cancelled()
+    }
+
+    /// Renew the lease in the store now, within `limit`: [`Error::LeaseLost`] if it is another
+    /// holder's or lapsed. The renew task runs only every third of the TTL; a step that must not
+    /// act on a lost lease (the switch) asks the store itself first.
+    pub(crate) async fn renew(&self, limit: Duration) -> Result<()> {
+        self.tenure.renew(limit).await
     }
 
     /// Resolves with the reason once the operation must stop.

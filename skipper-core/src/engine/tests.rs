@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
-use crate::model::{DeployStatus, EventKind, InstanceState, RunSettings, Stage, Step};
+use crate::model::{DeployStatus, EventKind, InstanceState, RunSettings, Stage, Step, StepStatus};
 use crate::store::MemoryStore;
 use crate::testing::{
     Behavior, FakeProxy, FakeRuntime, Fault, FlakyStore, Op, RecordingNotifier, StoreOp,
@@ -1296,6 +1296,165 @@ async fn a_holder_that_lost_its_lease_never_commits() {
         h.proxy.route("stage-dev-web.example.com").unwrap().upstream,
         v1.upstream.unwrap()
     );
+}
+
+/// A holder whose lease is taken over while its route call hangs (a slow proxy, a process
+/// paused in the call) and whose renew task has not noticed yet: it neither switches nor
+/// commits, and its rollback puts no stale route back over the new holder's.
+#[tokio::test(start_paused = true)]
+async fn a_lease_taken_over_during_the_route_call_undoes_nothing_of_the_new_holders() {
+    let h = harness(1).await;
+    h.deploy("dev", "v1").await;
+    let mut slow = settings();
+    // Renewal comes too late to notice, and the held call does not time out.
+    slow.lock_ttl = Duration::from_secs(3600);
+    slow.timeouts.route = Duration::from_secs(3600);
+    let old = Engine::builder(h.rt.clone(), h.store.clone())
+        .proxy(h.proxy.clone())
+        .settings(slow)
+        .build();
+    let held = h.proxy.hold_ensure("stage-dev-web-v2.example.com");
+    let task = tokio::spawn(async move {
+        old.deploy(DeployRequest::new("web", "dev", image("v2")))
+            .await
+    });
+    held.reached.await.unwrap();
+
+    // The old holder's lease lapses and another process takes the stage and deploys v3.
+    let key = "stage/web/dev";
+    let stale = h.store.lease_holder(key).await.unwrap().unwrap();
+    let ttl = Duration::from_secs(3600);
+    assert!(
+        h.store
+            .take_over_lock(key, &stale, "expired", ttl)
+            .await
+            .unwrap()
+    );
+    h.store.unlock(key, "expired").await.unwrap();
+    let lease = h.engine.lease(key, Duration::ZERO).await.unwrap().unwrap();
+    let project = h.engine.project("web").await.unwrap();
+    let stage = project.stage("dev").unwrap().clone();
+    let new = h
+        .engine
+        .deploy_locked(
+            project,
+            stage,
+            "v3".into(),
+            DeployRequest::new("web", "dev", image("v3")),
+            &lease,
+        )
+        .await
+        .unwrap();
+    assert_eq!(new.status, DeployStatus::Succeeded, "{new:#?}");
+    let v3 = h.active("dev").await;
+
+    // The old holder's route call answers; it goes on, still holding nothing.
+    held.release.send(()).unwrap();
+    let d = task.await.unwrap().unwrap();
+    lease.release().await;
+    assert_eq!(d.status, DeployStatus::Failed, "{d:#?}");
+    let e = d.error.clone().unwrap();
+    assert_eq!(e.kind, ErrorKind::Interrupted, "{e:?}");
+    assert!(e.message.contains("lost the lease"), "{}", e.message);
+    assert!(
+        !d.steps
+            .iter()
+            .any(|s| s.step == Step::Switch && s.status == StepStatus::Done),
+        "the old holder never switched: {:#?}",
+        d.steps
+    );
+    assert_eq!(h.active("dev").await.id, v3.id, "v3 is the only active one");
+    assert_eq!(
+        h.proxy.route("stage-dev-web.example.com").unwrap().upstream,
+        v3.upstream.clone().unwrap(),
+        "the stage domain is still the new holder's"
+    );
+    assert_eq!(
+        h.proxy.route(&v3.domain).unwrap().upstream,
+        v3.upstream.clone().unwrap()
+    );
+    assert_eq!(
+        h.rt.running(),
+        vec![v3.container_id.clone().unwrap()],
+        "only v3 runs"
+    );
+}
+
+/// A holder paused between its switch and its commit, whose stage another process then
+/// deployed: the fenced commit is refused, and that refusal alone (the renew task has not run)
+/// stops it putting its stale routes back over the new holder's.
+#[tokio::test(start_paused = true)]
+async fn a_commit_refused_for_a_lost_lease_puts_no_route_back() {
+    let h = harness(1).await;
+    h.deploy("dev", "v1").await;
+    let mut slow = settings();
+    slow.lock_ttl = Duration::from_secs(3600);
+    let old = Engine::builder(h.rt.clone(), h.store.clone())
+        .proxy(h.proxy.clone())
+        .settings(slow)
+        .build();
+    let held = h.store.hold(StoreOp::Commit);
+    let task = tokio::spawn(async move {
+        old.deploy(DeployRequest::new("web", "dev", image("v2")))
+            .await
+    });
+    held.reached.await.unwrap();
+
+    // Its lease lapses; another process deploys v3 and is done (the lease is free again).
+    let key = "stage/web/dev";
+    let stale = h.store.lease_holder(key).await.unwrap().unwrap();
+    let ttl = Duration::from_secs(3600);
+    assert!(
+        h.store
+            .take_over_lock(key, &stale, "expired", ttl)
+            .await
+            .unwrap()
+    );
+    h.store.unlock(key, "expired").await.unwrap();
+    assert_eq!(h.deploy("dev", "v3").await.status, DeployStatus::Succeeded);
+    let v3 = h.active("dev").await;
+
+    held.release.send(()).unwrap();
+    let d = task.await.unwrap().unwrap();
+    assert_eq!(d.status, DeployStatus::Failed, "{d:#?}");
+    let e = d.error.clone().unwrap();
+    assert_eq!(
+        (e.step, e.kind),
+        (Step::Commit, ErrorKind::Interrupted),
+        "{e:?}"
+    );
+    assert_eq!(h.active("dev").await.id, v3.id, "v3 is the only active one");
+    assert_eq!(
+        h.proxy.route("stage-dev-web.example.com").unwrap().upstream,
+        v3.upstream.clone().unwrap(),
+        "no stale route was put back over v3's"
+    );
+    assert_eq!(h.rt.running(), vec![v3.container_id.clone().unwrap()]);
+}
+
+/// A holder paused past its lease (SIGSTOP: its clock moved on, its tasks did not run) finds
+/// the lease lapsed when it resumes, and does not take it back even when it is free: another
+/// process may have held it meanwhile.
+#[tokio::test(start_paused = true)]
+async fn a_holder_paused_past_its_lease_does_not_take_it_back() {
+    let h = harness(1).await;
+    let key = "stage/web/dev";
+    let lease = h.engine.lease(key, Duration::ZERO).await.unwrap().unwrap();
+    let ttl = h.engine.settings().lock_ttl;
+    // Renewed on time, it stays held.
+    tokio::time::sleep(ttl * 2).await;
+    assert!(!lease.is_lost());
+    // Paused: the clock jumps past the TTL before the renew task runs again.
+    tokio::time::advance(ttl * 2).await;
+    let lost = lease.lost_token();
+    tokio::time::timeout(ttl, lost.cancelled())
+        .await
+        .expect("the lease is lost once the holder resumes");
+    assert!(
+        h.store.try_lock(key, "someone-else", ttl).await.unwrap(),
+        "the paused holder did not renew its lapsed lease"
+    );
+    lease.release().await;
 }
 
 /// A cancelled deploy (SIGINT/SIGTERM in the CLI) rolls back between steps and says so.
