@@ -73,6 +73,16 @@ impl Tenure {
         }
     }
 
+    /// [`Error::LeaseLost`] (and the `lost` token fires) if the lease is known lost or lapsed
+    /// (not renewed for a whole TTL): a paused holder sees that on its first step after it
+    /// resumes, before its renew task has run.
+    pub(crate) fn check(&self) -> Result<()> {
+        if self.lost.is_cancelled() || self.lapsed() {
+            return Err(self.lose());
+        }
+        Ok(())
+    }
+
     fn until(&self) -> Instant {
         *self.until.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -349,11 +349,7 @@ pub(crate) struct Guard {
 impl Guard {
     /// The error to stop with, if the operation must stop now.
     pub(crate) fn check(&self) -> Result<()> {
-        if self.lost.is_cancelled() {
-            return Err(Error::LeaseLost {
-                key: self.key.clone(),
-            });
-        }
+        self.tenure.check()?;
         if self
             .cancel
             .as_ref()
@@ -367,9 +363,9 @@ impl Guard {
         Ok(())
     }
 
-    /// Whether the lease was lost.
+    /// Whether the lease was lost (or lapsed).
     pub(crate) fn lease_lost(&self) -> bool {
-        self.lost.is_cancelled()
+        self.tenure.check().is_err()
     }
 
     /// Renew the lease in the store now, within `limit`: [`Error::LeaseLost`] if it is another
