@@ -468,6 +468,28 @@ fn a_container_removed_by_hand_shows_as_missing() {
     assert_eq!(ps[0]["id"], instance_id(&v1).as_str());
     assert_eq!(ps[0]["state"], "missing", "{:#}", ps[0]);
 
+    // Every reconcile says so while it lasts, not only the first: in `--json` and to a person.
+    let id = instance_id(&v1);
+    for pass in 1..=2 {
+        let r = h.skipper(&["reconcile"]);
+        assert_eq!(
+            r.json["missing"],
+            serde_json::json!([id]),
+            "pass {pass}: {:#}",
+            r.json
+        );
+        let out = h
+            .world
+            .text_command(&["reconcile"])
+            .output()
+            .expect("run skipper reconcile");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("missing") && text.contains(&id),
+            "pass {pass}: {text}"
+        );
+    }
+
     // The next deploy replaces the missing instance.
     let v2 = h.deploy("v2", &[]).succeeded();
     assert_eq!(body(&address(&v2)), "v2");

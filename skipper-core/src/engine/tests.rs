@@ -749,6 +749,7 @@ async fn instance_operations() {
 
 #[tokio::test(start_paused = true)]
 async fn reconcile_marks_missing_and_removes_orphans() {
+    // A vanished active instance is reported on every pass while it lasts (8.4c, 9.11).
     let h = harness(1).await;
     h.deploy("dev", "v1").await;
     let v1 = h.active("dev").await;
@@ -757,9 +758,24 @@ async fn reconcile_marks_missing_and_removes_orphans() {
     let r = h.engine.reconcile().await.unwrap();
     assert_eq!(r.missing, vec![v1.id.clone()]);
     assert_eq!(h.instances("dev").await[0].state, InstanceState::Missing);
-    // A second reconcile finds nothing new: it is idempotent.
+    // A second reconcile repairs nothing (it is idempotent), but the stage is still down: it
+    // says so again, and notifies again.
     let again = h.engine.reconcile().await.unwrap();
-    assert!(again.is_clean() && again.missing.is_empty(), "{again:?}");
+    assert!(again.is_clean(), "{again:?}");
+    assert_eq!(again.missing, vec![v1.id.clone()], "{again:?}");
+    let missing: Vec<_> = h
+        .notifier
+        .events()
+        .into_iter()
+        .filter(|e| e.kind == EventKind::InstanceMissing)
+        .collect();
+    assert_eq!(missing.len(), 2, "one event per pass: {missing:#?}");
+    assert_eq!(missing[1].instance_id.as_deref(), Some(v1.id.as_str()));
+    assert!(
+        missing[1].message.contains("is gone"),
+        "{}",
+        missing[1].message
+    );
     // The next deploy replaces the missing instance.
     assert_eq!(h.deploy("dev", "v2").await.status, DeployStatus::Succeeded);
     assert_eq!(h.instances("dev").await.len(), 1);
