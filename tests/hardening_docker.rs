@@ -342,6 +342,48 @@ fn signal(pid: u32, signal: &str) {
     assert!(status.success(), "kill {signal} {pid}");
 }
 
+/// A second SIGTERM (or Ctrl-C) while the first is still rolling the deploy back exits at once
+/// (143, as a shell reports a SIGTERM); whatever the deploy left, the next command repairs.
+#[test]
+#[ignore = "needs docker engine"]
+fn a_second_sigterm_exits_at_once() {
+    let h = harness_or_skip!("sigterm2");
+    let first = h.deploy_args("v1");
+    let first: Vec<&str> = first.iter().map(String::as_str).collect();
+    let v1 = h.skipper(&first).succeeded();
+    // A deploy that stays in its health gate (404s) far longer than the test.
+    let mut args = h.deploy_args("unhealthy");
+    args[5] = "300s".into();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut c = h.world.command(&args);
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = KillOnDrop(Some(c.spawn().expect("start skipper deploy")));
+    let start = Instant::now();
+    while h.containers().len() < 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the new container never appeared"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let pid = child.child().id();
+    signal(pid, "-TERM");
+    signal(pid, "-TERM");
+    let out = child.take().wait_with_output().expect("wait for skipper");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(143), "{stderr}");
+    assert!(stderr.contains("interrupted again"), "{stderr}");
+
+    let r = h.skipper(&["reconcile"]);
+    assert_eq!(r.code, Some(0), "{:#} {}", r.json, r.stderr);
+    let containers = h.containers();
+    assert_eq!(containers.len(), 1, "only v1's container: {containers:?}");
+    assert_eq!(body(&address(&v1)), "v1");
+    let history = h.skipper(&["history"]).json;
+    assert_eq!(history[0]["tag"], "unhealthy", "{history:#}");
+    assert_eq!(history[0]["status"], "failed", "{history:#}");
+}
+
 /// A deploy paused past its lease (SIGSTOP) while another process deploys the stage: resumed
 /// (SIGCONT), it stops as interrupted, having lost the lease; it never commits, and the stage
 /// keeps one active instance, the other process's, with a true history.

@@ -1503,6 +1503,47 @@ async fn a_cancelled_deploy_rolls_back_as_interrupted() {
     h.assert_only_serving(&v1).await;
 }
 
+/// A cancel (SIGINT/SIGTERM in the CLI) after the commit point, while the old version drains
+/// and retires: the deploy finishes (nothing is compensated) and says it succeeded.
+#[tokio::test(start_paused = true)]
+async fn a_cancel_during_retire_finishes_the_deploy() {
+    let h = harness(1).await;
+    h.deploy("dev", "v1").await;
+    let engine = Engine::builder(h.rt.clone(), h.store.clone())
+        .proxy(h.proxy.clone())
+        .settings(EngineSettings {
+            drain: Duration::from_secs(10),
+            ..settings()
+        })
+        .build();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let mut req = DeployRequest::new("web", "dev", image("v2"));
+    req.cancel = Some(cancel.clone());
+    let task = tokio::spawn(async move { engine.deploy(req).await });
+    // Committed: v2 is active, and the deploy waits out the drain before stopping v1.
+    while !h
+        .instances("dev")
+        .await
+        .iter()
+        .any(|i| i.tag == "v2" && i.active)
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(h.rt.running().len(), 2, "v1 still runs (draining)");
+    cancel.cancel();
+    let d = task.await.unwrap().unwrap();
+    assert_eq!(d.status, DeployStatus::Succeeded, "{d:#?}");
+    assert!(d.error.is_none(), "{d:#?}");
+    assert!(
+        d.steps
+            .iter()
+            .any(|s| s.step == Step::Retire && s.status == StepStatus::Done),
+        "v1 was retired: {:#?}",
+        d.steps
+    );
+    h.assert_settled_on("v2", "cancelled during retire").await;
+}
+
 /// Reconcile drives toward the desired state on every pass: the active instance's exited
 /// container is started again, unless a person stopped it.
 #[tokio::test(start_paused = true)]
