@@ -1804,6 +1804,41 @@ async fn rm_removes_a_container_recreated_by_hand() {
     assert!(h.instances("dev").await.is_empty());
 }
 
+/// `rm` says it failed when a container of the instance is still there after the removal (a
+/// second one made by hand with its labels): the error names it, and the record is kept.
+/// (9.8b: a test of the error branch, which was right but untested.)
+#[tokio::test(start_paused = true)]
+async fn rm_fails_while_a_container_of_the_instance_is_left() {
+    let h = harness(1).await;
+    h.deploy("dev", "v1").await;
+    let v1 = h.active("dev").await;
+    let original = h.rt.containers().remove(0);
+    let copy = crate::backend::ContainerSpec {
+        name: "by-hand-copy".into(),
+        image: image("v1"),
+        env: Default::default(),
+        labels: original.labels.clone(),
+        volumes: vec![],
+        network: None,
+        port: Some(8080),
+        publish: true,
+    };
+    h.rt.create_container(&copy).await.unwrap();
+    let e = h.engine.remove_instance(&v1.id).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
+    // One of the two was removed; the error names the one left.
+    let left = h.rt.containers();
+    assert_eq!(left.len(), 1, "{left:?}");
+    let message = e.to_string();
+    assert!(
+        message.contains(&left[0].id) && message.contains(&v1.id),
+        "{message}"
+    );
+    let kept = h.instances("dev").await;
+    assert_eq!(kept.len(), 1, "the record is kept: {kept:?}");
+    assert_eq!(kept[0].id, v1.id);
+}
+
 /// The activity feed tells a live view what happens: the deployment (with the caller's id and
 /// correlation id) starts, each step as it is logged, the end with the final record, and the
 /// events the notifiers got. A failed deploy ends in `Finished` too.
