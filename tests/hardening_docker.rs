@@ -544,6 +544,67 @@ fn a_failed_deploys_flags_are_not_saved() {
     assert_eq!(body(&address(&r)), "v1");
 }
 
+/// A failed deploy of another repository into a project leaves the project's repository as it
+/// was; a successful one changes it (9.9).
+#[test]
+#[ignore = "needs docker engine"]
+fn a_failed_deploy_keeps_the_projects_repository() {
+    let h = harness_or_skip!("repo");
+    let first = h.deploy_args("v1");
+    let first: Vec<&str> = first.iter().map(String::as_str).collect();
+    h.skipper(&first).succeeded();
+    let registry_repo = h.env.image("v1");
+    let registry_repo = registry_repo.rsplit_once(':').map(|(r, _)| r).unwrap();
+    let image = |tag: &str| -> String {
+        let export = h
+            .world
+            .text_command(&["config", "export"])
+            .output()
+            .unwrap();
+        assert!(export.status.success(), "{export:?}");
+        let text = String::from_utf8_lossy(&export.stdout).into_owned();
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix("image:"))
+            .unwrap_or_else(|| panic!("{tag}: no image in {text}"))
+            .trim()
+            .trim_matches('"')
+            .to_owned()
+    };
+    assert!(
+        image("first").ends_with(registry_repo),
+        "{}",
+        image("first")
+    );
+    let local = |tag: &str| {
+        [
+            "deploy",
+            &format!("skipper-test/app:{tag}"),
+            "--project",
+            "app",
+            "--pull",
+            "never",
+            "--health-path",
+            "/health",
+            "--health-timeout",
+            "3s",
+        ]
+        .map(|s| s.to_owned())
+    };
+    let bad = local("unhealthy");
+    let bad: Vec<&str> = bad.iter().map(String::as_str).collect();
+    h.skipper(&bad).failed();
+    let after_failure = image("after the failure");
+    assert!(after_failure.ends_with(registry_repo), "{after_failure}");
+    let good = local("v2");
+    let good: Vec<&str> = good.iter().map(String::as_str).collect();
+    h.skipper(&good).succeeded();
+    let after_success = image("after the success");
+    assert!(
+        after_success.ends_with("skipper-test/app"),
+        "{after_success}"
+    );
+}
+
 /// Rolling back a local image that also carries another repository's digest (it was pushed to
 /// a registry too) deploys what is present locally, not `<image>@<that digest>` from Docker Hub.
 #[test]

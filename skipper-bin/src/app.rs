@@ -567,11 +567,10 @@ async fn resolve_project_locked(
     let configured = from_config.is_some();
     let mut p = match from_config {
         Some(p) => p,
+        // A stored project keeps its repository here: a deploy of another one changes it only
+        // if it succeeds (`DeployRequest::adopt_repository`).
         None => match app.engine.store().get_project(project).await? {
-            Some(mut p) => {
-                p.image = image.name();
-                p
-            }
+            Some(p) => p,
             None => Project::new(project, &image.name())?,
         },
     };
@@ -752,6 +751,9 @@ async fn deploy(
     let mut req = DeployRequest::new(&project.name, &args.stage, image.clone());
     req.confirmed = args.yes;
     req.settings = settings;
+    // A project of the config file keeps the config's repository; one the CLI made takes the
+    // new image's.
+    req.adopt_repository = !app.config.projects.contains_key(&project.name);
     req.cancel = Some(cancel);
     req.pull = match args.pull {
         // A local image id names what is here; pulling its tag could bring another image.

@@ -165,6 +165,10 @@ pub struct DeployRequest {
     /// `--health-path`, `--env`, `--max-instances`). They become the project's settings only
     /// when the deploy succeeds: a failed deploy changes nothing.
     pub settings: Option<crate::model::RunSettings>,
+    /// Accept an image of another repository than the project's (the CLI deploying a new
+    /// image into a project it made): that repository becomes the project's only when the
+    /// deploy succeeds.
+    pub adopt_repository: bool,
     /// The deployment's id, chosen by the caller (a server answers with it before the deploy
     /// ends). `None`: the engine makes one.
     pub id: Option<String>,
@@ -186,6 +190,7 @@ impl DeployRequest {
             progress: None,
             cancel: None,
             settings: None,
+            adopt_repository: false,
             id: None,
             correlation_id: None,
         }

@@ -1790,6 +1790,73 @@ async fn a_deploys_settings_are_kept_only_when_it_succeeds() {
     );
 }
 
+/// A deploy of another repository into a project (the CLI's `deploy other/app:v1 --project
+/// web`) makes that repository the project's only when it succeeds (9.9).
+#[tokio::test(start_paused = true)]
+async fn a_deploy_of_another_repository_changes_the_project_only_when_it_succeeds() {
+    let h = harness(1).await;
+    h.deploy("dev", "v1").await;
+    const OTHER: &str = "localhost:5000/team/other";
+    h.rt.add_image(&format!("{OTHER}:sick"), Behavior::Unhealthy);
+    h.rt.add_image(&format!("{OTHER}:v1"), Behavior::Healthy);
+    let other = |tag: &str| ImageRef::parse(&format!("{OTHER}:{tag}")).unwrap();
+    let before = h.engine.project("web").await.unwrap();
+
+    // Not asked for: refused, as before.
+    let e = h
+        .engine
+        .deploy(DeployRequest::new("web", "dev", other("v1")))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Rejected, "{e}");
+
+    let mut req = DeployRequest::new("web", "dev", other("sick"));
+    req.adopt_repository = true;
+    let d = h.engine.deploy(req).await.unwrap();
+    assert_eq!(d.status, DeployStatus::Failed, "{d:#?}");
+    assert_eq!(
+        h.engine.project("web").await.unwrap(),
+        before,
+        "a failed deploy keeps the project's repository"
+    );
+
+    let mut req = DeployRequest::new("web", "dev", other("v1"));
+    req.adopt_repository = true;
+    let d = h.engine.deploy(req).await.unwrap();
+    assert_eq!(d.status, DeployStatus::Succeeded, "{d:#?}");
+    assert_eq!(
+        h.engine.project("web").await.unwrap().image,
+        other("v1").name()
+    );
+}
+
+/// A deploy's settings are written to the project only under the project's lease: while
+/// another holder keeps it, they are not saved (the deploy itself succeeded).
+#[tokio::test(start_paused = true)]
+async fn settings_are_never_written_without_the_project_lease() {
+    let h = harness(1).await;
+    h.deploy("dev", "v1").await;
+    let project = h.engine.project("web").await.unwrap();
+    let ttl = Duration::from_secs(3600);
+    assert!(
+        h.store
+            .try_lock("project/web", "someone-else", ttl)
+            .await
+            .unwrap()
+    );
+    let mut settings = RunSettings::of(&project, project.stage("dev").unwrap());
+    settings.env.insert("MODE".into(), "v2".into());
+    let mut req = DeployRequest::new("web", "dev", image("v2"));
+    req.settings = Some(settings);
+    let d = h.engine.deploy(req).await.unwrap();
+    assert_eq!(d.status, DeployStatus::Succeeded, "{d:#?}");
+    assert_eq!(
+        h.engine.project("web").await.unwrap(),
+        project,
+        "nothing written without the lease"
+    );
+}
+
 /// `rm` of an instance whose container was recreated by hand removes the container that is
 /// really there (before, it removed the stale id, said "removed", and the container ran on).
 #[tokio::test(start_paused = true)]
