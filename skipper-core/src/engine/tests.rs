@@ -1857,6 +1857,89 @@ async fn settings_are_never_written_without_the_project_lease() {
     );
 }
 
+/// The health gate probes at once, then backs off from 50 ms, doubling, up to the health
+/// check's interval (8.8a): an app that listens a moment after its start is seen then.
+#[tokio::test(start_paused = true)]
+async fn the_health_gate_probes_at_once_and_backs_off_to_its_interval() {
+    let h = harness(1).await;
+    let mut p = h.engine.project("web").await.unwrap();
+    p.health.interval = Duration::from_secs(1);
+    p.health.deadline = Duration::from_secs(4);
+    h.engine.put_project(&p).await.unwrap();
+    let d = h.deploy("dev", "sick").await;
+    assert_eq!(d.status, DeployStatus::Failed, "{d:#?}");
+    let times = h.rt.probe_times();
+    let gaps: Vec<u128> = times
+        .windows(2)
+        .map(|w| (w[1] - w[0]).as_millis())
+        .collect();
+    assert_eq!(
+        gaps,
+        vec![50, 100, 200, 400, 800, 1000, 1000],
+        "the probe schedule (ms between probes) until the 4 s deadline"
+    );
+
+    // Refused twice, then listening: healthy at the third probe, 150 ms after the first.
+    let h = harness(1).await;
+    h.rt.inject(Op::Probe, Fault::Error(ErrorKind::Transient));
+    h.rt.inject(Op::Probe, Fault::Error(ErrorKind::Transient));
+    let d = h.deploy("dev", "v1").await;
+    assert_eq!(d.status, DeployStatus::Succeeded, "{d:#?}");
+    let times = h.rt.probe_times();
+    assert_eq!(times.len(), 3, "{times:?}");
+    assert_eq!((times[2] - times[0]).as_millis(), 150);
+}
+
+/// A rollback holds the stage's lease from choosing its target to the end of its redeploy
+/// (8.4h): one acquisition throughout, and a deploy started meanwhile waits, then builds on
+/// what the rollback made.
+#[tokio::test(start_paused = true)]
+async fn a_deploy_started_during_a_rollback_waits_for_all_of_it() {
+    let h = harness(1).await;
+    h.deploy("dev", "v1").await;
+    h.deploy("dev", "v2").await;
+    let key = "stage/web/dev";
+    // Hold the rollback in its first step (the reconcile's history read), under the lease.
+    let held = h.store.hold(StoreOp::ListDeployments);
+    let engine = h.engine.clone();
+    let rollback = tokio::spawn(async move { engine.rollback("web", "dev").await });
+    held.reached.await.unwrap();
+    let picking = h.store.lease_holder(key).await.unwrap().expect("held");
+    let engine = h.engine.clone();
+    let deploy = tokio::spawn(async move {
+        engine
+            .deploy(DeployRequest::new("web", "dev", image("v3")))
+            .await
+    });
+    // The redeploy of v1 waits in its health gate (two probes that never answer).
+    h.rt.inject(Op::Probe, Fault::Hang);
+    h.rt.inject(Op::Probe, Fault::Hang);
+    held.release.send(()).unwrap();
+    while h.rt.probe_times().len() < 2 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let redeploying = h.store.lease_holder(key).await.unwrap().expect("held");
+    assert_eq!(redeploying, picking, "one lease, held throughout");
+    assert!(
+        !h.rt
+            .containers()
+            .iter()
+            .any(|c| c.labels[labels::TAG] == "v3"),
+        "the deploy has not started"
+    );
+
+    let r = rollback.await.unwrap().unwrap();
+    assert_eq!(r.status, DeployStatus::Succeeded, "{r:#?}");
+    let d = deploy.await.unwrap().unwrap();
+    assert_eq!(d.status, DeployStatus::Succeeded, "{d:#?}");
+    assert_eq!(
+        d.previous_instance, r.instance_id,
+        "the deploy replaced what the rollback made"
+    );
+    h.assert_settled_on("v3", "after the rollback and the deploy")
+        .await;
+}
+
 /// `rm` of an instance whose container was recreated by hand removes the container that is
 /// really there (before, it removed the stale id, said "removed", and the container ran on).
 #[tokio::test(start_paused = true)]
