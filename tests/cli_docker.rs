@@ -468,6 +468,28 @@ fn a_container_removed_by_hand_shows_as_missing() {
     assert_eq!(ps[0]["id"], instance_id(&v1).as_str());
     assert_eq!(ps[0]["state"], "missing", "{:#}", ps[0]);
 
+    // Every reconcile says so while it lasts, not only the first: in `--json` and to a person.
+    let id = instance_id(&v1);
+    for pass in 1..=2 {
+        let r = h.skipper(&["reconcile"]);
+        assert_eq!(
+            r.json["missing"],
+            serde_json::json!([id]),
+            "pass {pass}: {:#}",
+            r.json
+        );
+        let out = h
+            .world
+            .text_command(&["reconcile"])
+            .output()
+            .expect("run skipper reconcile");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("missing") && text.contains(&id),
+            "pass {pass}: {text}"
+        );
+    }
+
     // The next deploy replaces the missing instance.
     let v2 = h.deploy("v2", &[]).succeeded();
     assert_eq!(body(&address(&v2)), "v2");
@@ -799,6 +821,45 @@ fn a_failing_command_under_json_prints_the_error_envelope() {
     let run = Run::from_output(&["ps", "--json"], out);
     assert_eq!(run.code, Some(1), "no engine to reach: {:#}", run.json);
     assert_eq!(run.json["status"], "failed");
+    assert_eq!(error_keys(&run.json), ["kind", "logs", "message", "step"]);
+}
+
+/// SIGTERM while a deploy is still setting up (here its Docker engine accepts the connection
+/// and never answers): the deploy ends at once with its usual document, `status: failed`, kind
+/// `interrupted`, and exit 1, not killed by the signal with nothing said.
+#[test]
+fn a_sigterm_during_setup_ends_the_deploy_as_interrupted() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let socket = dir.path().join("docker.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).expect("bind a socket");
+    let (connected, arrived) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming().flatten() {
+            held.push(conn);
+            let _ = connected.send(());
+        }
+    });
+    let args = ["deploy", "app:v1", "--json"];
+    let mut c = offline(&args, &dir.path().join("data"));
+    c.env("DOCKER_HOST", format!("unix://{}", socket.display()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = KillOnDrop(Some(c.spawn().expect("start skipper deploy")));
+    arrived
+        .recv_timeout(Duration::from_secs(60))
+        .expect("skipper connects to its Docker engine");
+    let pid = child.child().id().to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill -TERM");
+    assert!(sent.success());
+    let out = child.take().wait_with_output().expect("wait for skipper");
+    let run = Run::from_output(&args, out);
+    assert_eq!(run.code, Some(1), "{:#} {}", run.json, run.stderr);
+    assert_eq!(run.json["status"], "failed", "{:#}", run.json);
+    assert_eq!(run.json["error"]["kind"], "interrupted", "{:#}", run.json);
     assert_eq!(error_keys(&run.json), ["kind", "logs", "message", "step"]);
 }
 

@@ -333,6 +333,124 @@ fn sigterm_during_a_deploy_rolls_back_and_says_interrupted() {
     assert_eq!(history.json[0]["status"], "failed", "{:#}", history.json);
 }
 
+/// Send `signal` (`-STOP`, `-CONT`, `-TERM`) to a process.
+fn signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill {signal} {pid}");
+}
+
+/// A second SIGTERM (or Ctrl-C) while the first is still rolling the deploy back exits at once
+/// (143, as a shell reports a SIGTERM); whatever the deploy left, the next command repairs.
+#[test]
+#[ignore = "needs docker engine"]
+fn a_second_sigterm_exits_at_once() {
+    let h = harness_or_skip!("sigterm2");
+    let first = h.deploy_args("v1");
+    let first: Vec<&str> = first.iter().map(String::as_str).collect();
+    let v1 = h.skipper(&first).succeeded();
+    // A deploy that stays in its health gate (404s) far longer than the test.
+    let mut args = h.deploy_args("unhealthy");
+    args[5] = "300s".into();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut c = h.world.command(&args);
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = KillOnDrop(Some(c.spawn().expect("start skipper deploy")));
+    let start = Instant::now();
+    while h.containers().len() < 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the new container never appeared"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let pid = child.child().id();
+    signal(pid, "-TERM");
+    signal(pid, "-TERM");
+    let out = child.take().wait_with_output().expect("wait for skipper");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(143), "{stderr}");
+    assert!(stderr.contains("interrupted again"), "{stderr}");
+
+    let r = h.skipper(&["reconcile"]);
+    assert_eq!(r.code, Some(0), "{:#} {}", r.json, r.stderr);
+    let containers = h.containers();
+    assert_eq!(containers.len(), 1, "only v1's container: {containers:?}");
+    assert_eq!(body(&address(&v1)), "v1");
+    let history = h.skipper(&["history"]).json;
+    assert_eq!(history[0]["tag"], "unhealthy", "{history:#}");
+    assert_eq!(history[0]["status"], "failed", "{history:#}");
+}
+
+/// A deploy paused past its lease (SIGSTOP) while another process deploys the stage: resumed
+/// (SIGCONT), it stops as interrupted, having lost the lease; it never commits, and the stage
+/// keeps one active instance, the other process's, with a true history.
+#[test]
+#[ignore = "needs docker engine"]
+fn a_deploy_paused_past_its_lease_never_commits() {
+    let h = harness_or_skip!("sigstop");
+    let first = h.deploy_args("v1");
+    let first: Vec<&str> = first.iter().map(String::as_str).collect();
+    h.skipper(&first).succeeded();
+    // A deploy that stays in its health gate (404s) far longer than the test.
+    let mut paused = h.deploy_args("unhealthy");
+    paused[5] = "300s".into();
+    let paused: Vec<&str> = paused.iter().map(String::as_str).collect();
+    let mut c = h.world.command(&paused);
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = KillOnDrop(Some(c.spawn().expect("start skipper deploy")));
+    let start = Instant::now();
+    loop {
+        let list = h.containers();
+        if list.len() == 2 && list.iter().all(|c| c.1 == "running") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the paused deploy's container never ran: {list:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let pid = child.child().id();
+    signal(pid, "-STOP");
+    // Another process deploys v2: it gets the stage once the paused holder's lease expires
+    // (it cannot be taken over at once: the holder's process still exists).
+    let second = h.deploy_args("v2");
+    let second: Vec<&str> = second.iter().map(String::as_str).collect();
+    let v2 = h.skipper(&second).succeeded();
+    signal(pid, "-CONT");
+    let out = child.take().wait_with_output().expect("wait for skipper");
+    let run = Run::from_output(&paused, out);
+    assert_eq!(run.code, Some(1), "{:#} {}", run.json, run.stderr);
+    let d = run.failed();
+    assert_eq!(d["error"]["kind"], "interrupted", "{d:#}");
+    let message = d["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("lost the lease"), "{d:#}");
+
+    let ps = h.ps();
+    let active: Vec<_> = ps.iter().filter(|i| i["active"] == true).collect();
+    assert_eq!(active.len(), 1, "one active instance: {ps:#?}");
+    assert_eq!(active[0]["tag"], "v2", "{ps:#?}");
+    assert_eq!(ps.len(), 1, "{ps:#?}");
+    assert_eq!(body(&address(&v2)), "v2");
+    let containers = h.containers();
+    assert_eq!(containers.len(), 1, "only v2's container: {containers:?}");
+    let history = h.skipper(&["history"]).json;
+    let status = |tag: &str| -> Vec<&str> {
+        history
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["tag"] == tag)
+            .filter_map(|e| e["status"].as_str())
+            .collect()
+    };
+    assert_eq!(status("unhealthy"), vec!["failed"], "{history:#}");
+    assert_eq!(status("v2"), vec!["succeeded"], "{history:#}");
+}
+
 /// Two stages of a new project deployed at once (and the network created at once): both
 /// deploys succeed, the project keeps both stages, and both stay up after a reconcile.
 #[test]
@@ -424,6 +542,67 @@ fn a_failed_deploys_flags_are_not_saved() {
     let r = h.skipper(&["rollback", "--project", "app"]);
     let r = r.succeeded();
     assert_eq!(body(&address(&r)), "v1");
+}
+
+/// A failed deploy of another repository into a project leaves the project's repository as it
+/// was; a successful one changes it (9.9).
+#[test]
+#[ignore = "needs docker engine"]
+fn a_failed_deploy_keeps_the_projects_repository() {
+    let h = harness_or_skip!("repo");
+    let first = h.deploy_args("v1");
+    let first: Vec<&str> = first.iter().map(String::as_str).collect();
+    h.skipper(&first).succeeded();
+    let registry_repo = h.env.image("v1");
+    let registry_repo = registry_repo.rsplit_once(':').map(|(r, _)| r).unwrap();
+    let image = |tag: &str| -> String {
+        let export = h
+            .world
+            .text_command(&["config", "export"])
+            .output()
+            .unwrap();
+        assert!(export.status.success(), "{export:?}");
+        let text = String::from_utf8_lossy(&export.stdout).into_owned();
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix("image:"))
+            .unwrap_or_else(|| panic!("{tag}: no image in {text}"))
+            .trim()
+            .trim_matches('"')
+            .to_owned()
+    };
+    assert!(
+        image("first").ends_with(registry_repo),
+        "{}",
+        image("first")
+    );
+    let local = |tag: &str| {
+        [
+            "deploy",
+            &format!("skipper-test/app:{tag}"),
+            "--project",
+            "app",
+            "--pull",
+            "never",
+            "--health-path",
+            "/health",
+            "--health-timeout",
+            "3s",
+        ]
+        .map(|s| s.to_owned())
+    };
+    let bad = local("unhealthy");
+    let bad: Vec<&str> = bad.iter().map(String::as_str).collect();
+    h.skipper(&bad).failed();
+    let after_failure = image("after the failure");
+    assert!(after_failure.ends_with(registry_repo), "{after_failure}");
+    let good = local("v2");
+    let good: Vec<&str> = good.iter().map(String::as_str).collect();
+    h.skipper(&good).succeeded();
+    let after_success = image("after the success");
+    assert!(
+        after_success.ends_with("skipper-test/app"),
+        "{after_success}"
+    );
 }
 
 /// Rolling back a local image that also carries another repository's digest (it was pushed to

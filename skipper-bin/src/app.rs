@@ -344,8 +344,16 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
         // Only the registry: no Docker engine, no store.
         return crate::tags::run(&cli, args).await;
     }
-    let app = build(&cli).await?;
     let json = cli.global.json;
+    // Deploys and rollbacks stop safely on the first SIGINT/SIGTERM from the start of the
+    // command: one during the setup or the reconcile before them still ends with the command's
+    // usual document and exit 1 (a second signal exits at once).
+    let interrupt = matches!(cli.command, Command::Deploy(_) | Command::Rollback(_))
+        .then(crate::signals::interrupt_token);
+    let Some(app) = until_interrupted(interrupt.as_ref(), build(&cli)).await else {
+        return interrupted_before_start(&cli, json);
+    };
+    let app = app?;
     match &cli.command {
         Command::Serve(args) => {
             let dir = app.data_dir.clone();
@@ -435,14 +443,17 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
     let report = if read_only {
         ReconcileReport::default()
     } else {
-        engine.reconcile().await?
+        match until_interrupted(interrupt.as_ref(), engine.reconcile()).await {
+            Some(r) => r?,
+            None => return interrupted_before_start(&cli, json),
+        }
     };
     let is_reconcile = matches!(cli.command, Command::Reconcile);
     if !json && !is_reconcile && !read_only {
         output::print_reconcile(&report, false);
     }
     match &cli.command {
-        Command::Deploy(args) => deploy(&app, args, json).await,
+        Command::Deploy(args) => deploy(&app, args, json, interrupt.unwrap_or_default()).await,
         Command::Ps(args) => {
             // What runs now, drift included (`missing`, `exited`, `interrupted`).
             let list = engine
@@ -483,7 +494,7 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Rollback(a) => {
             let started = Instant::now();
-            let cancel = crate::signals::interrupt_token();
+            let cancel = interrupt.unwrap_or_default();
             match engine
                 .rollback_with(&a.project, &a.stage, Some(cancel))
                 .await
@@ -570,11 +581,10 @@ async fn resolve_project_locked(
     let configured = from_config.is_some();
     let mut p = match from_config {
         Some(p) => p,
+        // A stored project keeps its repository here: a deploy of another one changes it only
+        // if it succeeds (`DeployRequest::adopt_repository`).
         None => match app.engine.store().get_project(project).await? {
-            Some(mut p) => {
-                p.image = image.name();
-                p
-            }
+            Some(p) => p,
             None => Project::new(project, &image.name())?,
         },
     };
@@ -659,7 +669,56 @@ fn refuse(json: bool, refused: &Refused<'_>, e: anyhow::Error) -> Result<ExitCod
     Ok(ExitCode::from(1))
 }
 
-async fn deploy(app: &App, args: &DeployArgs, json: bool) -> Result<ExitCode> {
+/// `fut`'s output, or `None` if the command was interrupted first (`fut` is dropped: the setup
+/// and reconcile cut short there are what a `kill -9` would cut short, repaired by the next
+/// command).
+async fn until_interrupted<T>(
+    interrupt: Option<&tokio_util::sync::CancellationToken>,
+    fut: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    match interrupt {
+        Some(token) => token.run_until_cancelled(fut).await,
+        None => Some(fut.await),
+    }
+}
+
+fn interrupted_error() -> anyhow::Error {
+    skipper_core::Error::Interrupted {
+        reason: "a signal came before the deploy began; nothing was deployed".into(),
+    }
+    .into()
+}
+
+/// A deploy or rollback interrupted before it began: nothing deployed. Its usual document
+/// (a refusal, kind `interrupted`) under `--json`, else the error; exit 1 either way.
+fn interrupted_before_start(cli: &Cli, json: bool) -> Result<ExitCode> {
+    let e = interrupted_error();
+    let refused = match &cli.command {
+        Command::Deploy(a) => Refused {
+            project: a.project.as_deref(),
+            stage: &a.stage,
+            image: None,
+            input: Some(&a.image),
+            trigger: "manual",
+        },
+        Command::Rollback(a) => Refused {
+            project: Some(&a.project),
+            stage: &a.stage,
+            image: None,
+            input: None,
+            trigger: "rollback",
+        },
+        _ => return Err(e),
+    };
+    refuse(json, &refused, e)
+}
+
+async fn deploy(
+    app: &App,
+    args: &DeployArgs,
+    json: bool,
+    cancel: tokio_util::sync::CancellationToken,
+) -> Result<ExitCode> {
     let by_id = skipper_core::reference::local_image_id(&args.image).is_some();
     let image = match resolve_image(app, args).await {
         Ok(image) => image,
@@ -688,7 +747,9 @@ async fn deploy(app: &App, args: &DeployArgs, json: bool) -> Result<ExitCode> {
         }
         resolve_project(app, args, &image, &project_name).await
     };
-    let (project, settings) = match checked.await {
+    // The project lease may be busy for a while: a signal meanwhile ends the deploy there.
+    let checked = cancel.run_until_cancelled(checked).await;
+    let (project, settings) = match checked.unwrap_or_else(|| Err(interrupted_error())) {
         Ok(p) => p,
         Err(e) => {
             let refused = Refused {
@@ -704,7 +765,10 @@ async fn deploy(app: &App, args: &DeployArgs, json: bool) -> Result<ExitCode> {
     let mut req = DeployRequest::new(&project.name, &args.stage, image.clone());
     req.confirmed = args.yes;
     req.settings = settings;
-    req.cancel = Some(crate::signals::interrupt_token());
+    // A project of the config file keeps the config's repository; one the CLI made takes the
+    // new image's.
+    req.adopt_repository = !app.config.projects.contains_key(&project.name);
+    req.cancel = Some(cancel);
     req.pull = match args.pull {
         // A local image id names what is here; pulling its tag could bring another image.
         _ if by_id => PullPolicy::Never,

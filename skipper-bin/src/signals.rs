@@ -7,14 +7,16 @@ use tokio_util::sync::CancellationToken;
 use crate::output::errln;
 
 /// A token cancelled by the first SIGINT or SIGTERM; the second signal exits the process at
-/// once (130 for SIGINT, 143 for SIGTERM).
+/// once (130 for SIGINT, 143 for SIGTERM). The handlers are in place when this returns: a
+/// signal from then on is never the default one (death with nothing said).
 pub(crate) fn interrupt_token() -> CancellationToken {
     let token = CancellationToken::new();
     let first = token.clone();
+    let mut signals = Signals::new();
     tokio::spawn(async move {
         let mut seen = false;
         loop {
-            let code = next_signal().await;
+            let code = signals.next().await;
             if seen {
                 errln!("interrupted again: exiting now");
                 std::process::exit(code);
@@ -31,21 +33,41 @@ pub(crate) fn interrupt_token() -> CancellationToken {
 
 /// Wait for the first SIGINT or SIGTERM (a server's stop).
 pub(crate) async fn wait_for_signal() {
-    next_signal().await;
+    Signals::new().next().await;
 }
 
-/// Wait for SIGINT (→ 130) or SIGTERM (→ 143).
-async fn next_signal() -> i32 {
+/// SIGINT and SIGTERM, listened to from creation on: one listener for the life of the
+/// operation, so a second signal that comes right after the first is not missed.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
+    unix: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl Signals {
+    fn new() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Self {
+                unix: signal(SignalKind::interrupt())
+                    .and_then(|int| Ok((int, signal(SignalKind::terminate())?)))
+                    .ok(),
+            }
+        }
+        #[cfg(not(unix))]
+        Self {}
+    }
+
+    /// The next SIGINT (→ 130) or SIGTERM (→ 143).
+    async fn next(&mut self) -> i32 {
+        #[cfg(unix)]
+        if let Some((int, term)) = &mut self.unix {
             return tokio::select! {
-                _ = tokio::signal::ctrl_c() => 130,
+                _ = int.recv() => 130,
                 _ = term.recv() => 143,
             };
         }
+        let _ = tokio::signal::ctrl_c().await;
+        130
     }
-    let _ = tokio::signal::ctrl_c().await;
-    130
 }

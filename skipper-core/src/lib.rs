@@ -30,7 +30,7 @@
 //! | `sqlite` | [`store::SqliteStore`], the embedded default store, credentials encrypted with AES-256-GCM |
 //! | `docker` | `docker::DockerRuntime`, the [`Runtime`] on bollard |
 //! | `webhook-notifier` | `notify::WebhookNotifier`, POSTs events as JSON |
-//! | `test-util` | [`testing`] (in-memory fakes) and mockall mocks of every trait |
+//! | `test-util` | [`testing`] (in-memory fakes) and a mockall mock of `Registry` (`MockRegistry`) |
 
 #![warn(missing_docs)]
 

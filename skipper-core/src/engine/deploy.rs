@@ -51,6 +51,8 @@ struct Saga {
     fence: Fence,
     /// Settings to keep as the project's once the deploy succeeded.
     keep: Option<RunSettings>,
+    /// The repository to keep as the project's once the deploy succeeded.
+    keep_image: Option<String>,
     /// The engine's activity feed: every logged step goes there too.
     activity: tokio::sync::broadcast::Sender<super::Activity>,
 }
@@ -165,7 +167,7 @@ impl Engine {
         req: &DeployRequest,
     ) -> Result<String> {
         let repo = crate::reference::ImageRef::parse(&project.image)?;
-        if !req.image.same_repository(&repo) {
+        if !req.adopt_repository && !req.image.same_repository(&repo) {
             return Err(Error::rejected(format!(
                 "image {} is not in project {:?}'s repository {}",
                 req.image, project.name, project.image
@@ -256,6 +258,14 @@ impl Engine {
         lease: &Lease,
     ) -> Result<Deployment> {
         let (mut project, mut stage) = (project, stage);
+        // Another repository, asked for: this deploy's; the project's only if it succeeds.
+        let keep_image = (req.adopt_repository
+            && !crate::reference::ImageRef::parse(&project.image)
+                .is_ok_and(|r| req.image.same_repository(&r)))
+        .then(|| req.image.name());
+        if let Some(image) = &keep_image {
+            project.image = image.clone();
+        }
         if let Some(settings) = &req.settings {
             // This deploy's settings; stored as the project's only if it succeeds.
             settings.apply(&mut project, &stage.name);
@@ -311,6 +321,7 @@ impl Engine {
             undo: Vec::new(),
             fence,
             keep: req.settings.clone(),
+            keep_image,
             activity: self.inner.activity.clone(),
         };
         let done = match self.run_steps(&mut saga, &req, &guard).await {
@@ -369,6 +380,7 @@ impl Engine {
             lost: lease.lost_token(),
             cancel,
             shutdown: self.inner.shutdown.clone(),
+            tenure: lease.tenure(),
         }
     }
 
@@ -737,6 +749,9 @@ impl Engine {
                 upstream: upstream.clone(),
                 options,
             };
+            // The commit point is next: the stage domain is switched only by a holder the store
+            // says holds the lease now (the renew task may not have run since a takeover).
+            guard.renew(t.record).await.at(Step::Switch)?;
             saga.undo.push((
                 Step::Switch,
                 Undo::RestoreRoute {
@@ -968,9 +983,14 @@ impl Engine {
         }
 
         // The deploy's settings become the project's, now that it succeeded.
-        if let Some(settings) = &saga.keep
+        if (saga.keep.is_some() || saga.keep_image.is_some())
             && let Err(e) = self
-                .keep_settings(&saga.project.name, &saga.stage.name, settings)
+                .keep_settings(
+                    &saga.project.name,
+                    &saga.stage.name,
+                    saga.keep.as_ref(),
+                    saga.keep_image.as_deref(),
+                )
                 .await
         {
             tracing::warn!(project = %saga.project.name, error = %e.chain(), "could not save the deploy's settings to the project");
@@ -1081,27 +1101,38 @@ impl Engine {
         Ok(())
     }
 
-    /// Store `settings` as the project's (for `stage`), under the project's lease, reading the
-    /// project again so a concurrent change to another stage is kept.
+    /// Store `settings` (for `stage`) and `image` as the project's, under the project's lease,
+    /// reading the project again so a concurrent change to another stage is kept. Never without
+    /// the lease: if it stays busy, nothing is written and the error says so.
     async fn keep_settings(
         &self,
         project: &str,
         stage: &str,
-        settings: &RunSettings,
+        settings: Option<&RunSettings>,
+        image: Option<&str>,
     ) -> Result<()> {
         let wait = self.inner.settings.timeouts.record;
-        let lease = self.lease(&format!("project/{project}"), wait).await?;
+        let key = format!("project/{project}");
+        let Some(lease) = self.lease(&key, wait).await? else {
+            return Err(Error::Timeout {
+                what: format!("waiting for the lease {key:?} to save the deploy's settings"),
+                after: wait,
+            });
+        };
         let r = async {
             let mut p = self.project(project).await?;
-            settings.apply(&mut p, stage);
+            if let Some(settings) = settings {
+                settings.apply(&mut p, stage);
+            }
+            if let Some(image) = image {
+                p.image = image.to_owned();
+            }
             p.validate()?;
             self.stored(|| "project write", self.inner.store.put_project(&p))
                 .await
         }
         .await;
-        if let Some(lease) = lease {
-            lease.release().await;
-        }
+        lease.release().await;
         r
     }
 
@@ -1144,8 +1175,20 @@ impl Engine {
             );
         } else {
             // With the lease lost, routes are the new holder's to decide: undo only what this
-            // deploy made (its container and record).
-            self.compensate(&mut saga, guard.lease_lost()).await;
+            // deploy made (its container and record). Lost means the renew task saw it, the
+            // failure itself was a lost lease (the fenced commit refused), or the store says so
+            // now: a route put back without the lease could overwrite the new holder's.
+            let lease_lost = guard.lease_lost()
+                || matches!(error, Error::LeaseLost { .. })
+                || (saga
+                    .undo
+                    .iter()
+                    .any(|(_, u)| matches!(u, Undo::RestoreRoute { .. }))
+                    && matches!(
+                        guard.renew(self.inner.settings.timeouts.record).await,
+                        Err(Error::LeaseLost { .. })
+                    ));
+            self.compensate(&mut saga, lease_lost).await;
         }
         let d = &mut saga.deployment;
         d.status = DeployStatus::Failed;

@@ -6,8 +6,9 @@
 //!   (host, boot id, pid and the pid's start time, see [`Holder`]). A waiter that finds the lease
 //!   held by a process of this host that no longer exists takes it over without waiting out the
 //!   TTL; the TTL matters only for holders on other hosts.
-//! - **A lost lease stops the operation.** When renewal finds the lease taken by someone else (or
-//!   cannot renew it for a whole TTL), the lease's `lost` token fires; the deploy saga checks it
+//! - **A lost lease stops the operation.** When renewal finds the lease taken by someone else,
+//!   or finds it was not renewed for a whole TTL (the holder was paused; the lease may have been
+//!   taken and released meanwhile, so it is not taken back), the lease's `lost` token fires; the deploy saga checks it
 //!   between steps and its store writes are fenced ([`Store::put_fenced`]), so a holder that was
 //!   paused past its lease can never commit over the new holder's work.
 
@@ -26,19 +27,85 @@ use crate::error::{Error, Result};
 /// in the background; a process that dies simply stops renewing, and the lease expires (or is
 /// taken over at once by a process on the same host, which can tell the holder is gone).
 pub struct Lease {
+    tenure: Arc<Tenure>,
+    renew: Option<JoinHandle<()>>,
+}
+
+/// What a holder knows of its lease, shared by the [`Lease`], its renew task and the guard of
+/// the operation done under it.
+pub(crate) struct Tenure {
     store: Arc<dyn Store>,
     key: String,
     holder: String,
+    ttl: Duration,
     lost: CancellationToken,
-    renew: Option<JoinHandle<()>>,
+    /// Until when the lease is surely this holder's: the start of its last successful take or
+    /// renewal, plus the TTL.
+    until: std::sync::Mutex<Instant>,
+}
+
+impl Tenure {
+    /// Renew the lease now, within `limit`. [`Error::LeaseLost`] (and the `lost` token fires)
+    /// when another holder has it, or when it lapsed since the last renewal: it may have been
+    /// taken and released meanwhile (a holder paused past its lease, SIGSTOP), so taking a free
+    /// lease back would let a stale holder go on over the other's work.
+    pub(crate) async fn renew(&self, limit: Duration) -> Result<()> {
+        let start = Instant::now();
+        if self.lost.is_cancelled() || start >= self.until() {
+            return Err(self.lose());
+        }
+        let r = tokio::time::timeout(
+            limit,
+            self.store.try_lock(&self.key, &self.holder, self.ttl),
+        )
+        .await;
+        match r {
+            Ok(Ok(true)) => {
+                *self.until.lock().unwrap_or_else(|e| e.into_inner()) = later(start, self.ttl);
+                Ok(())
+            }
+            Ok(Ok(false)) => Err(self.lose()),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(Error::Timeout {
+                what: format!("renewing the lease {:?}", self.key),
+                after: limit,
+            }),
+        }
+    }
+
+    /// [`Error::LeaseLost`] (and the `lost` token fires) if the lease is known lost or lapsed
+    /// (not renewed for a whole TTL): a paused holder sees that on its first step after it
+    /// resumes, before its renew task has run.
+    pub(crate) fn check(&self) -> Result<()> {
+        if self.lost.is_cancelled() || self.lapsed() {
+            return Err(self.lose());
+        }
+        Ok(())
+    }
+
+    fn until(&self) -> Instant {
+        *self.until.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the lease lapsed: not renewed for a whole TTL.
+    fn lapsed(&self) -> bool {
+        Instant::now() >= self.until()
+    }
+
+    fn lose(&self) -> Error {
+        self.lost.cancel();
+        Error::LeaseLost {
+            key: self.key.clone(),
+        }
+    }
 }
 
 impl std::fmt::Debug for Lease {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Lease")
-            .field("key", &self.key)
-            .field("holder", &self.holder)
-            .field("lost", &self.lost.is_cancelled())
+            .field("key", &self.tenure.key)
+            .field("holder", &self.tenure.holder)
+            .field("lost", &self.tenure.lost.is_cancelled())
             .finish_non_exhaustive()
     }
 }
@@ -49,33 +116,39 @@ impl Lease {
         if let Some(h) = self.renew.take() {
             h.abort();
         }
-        if let Err(e) = self.store.unlock(&self.key, &self.holder).await {
-            tracing::warn!(key = %self.key, error = %e, "could not release a lease; it expires by itself");
+        let t = &self.tenure;
+        if let Err(e) = t.store.unlock(&t.key, &t.holder).await {
+            tracing::warn!(key = %t.key, error = %e, "could not release a lease; it expires by itself");
         }
     }
 
     /// The lease key.
     pub fn key(&self) -> &str {
-        &self.key
+        &self.tenure.key
     }
 
-    /// Whether the lease was lost (taken by another holder, or not renewable for a whole TTL).
+    /// Whether the lease was lost (taken by another holder, or not renewed for a whole TTL).
     /// Work done under it must stop.
     pub fn is_lost(&self) -> bool {
-        self.lost.is_cancelled()
+        self.tenure.lost.is_cancelled()
     }
 
     /// A token that is cancelled when the lease is lost.
     pub fn lost_token(&self) -> CancellationToken {
-        self.lost.clone()
+        self.tenure.lost.clone()
     }
 
     /// The fence for writes made under this lease.
     pub fn fence(&self) -> Fence {
         Fence {
-            key: self.key.clone(),
-            holder: self.holder.clone(),
+            key: self.tenure.key.clone(),
+            holder: self.tenure.holder.clone(),
         }
+    }
+
+    /// The holder's view of the lease, for a guard to renew it on the spot.
+    pub(crate) fn tenure(&self) -> Arc<Tenure> {
+        self.tenure.clone()
     }
 }
 
@@ -84,14 +157,20 @@ impl Drop for Lease {
         if let Some(h) = self.renew.take() {
             h.abort();
             // Not released explicitly (an early return): release in the background.
-            let (store, key, holder) = (self.store.clone(), self.key.clone(), self.holder.clone());
+            let t = self.tenure.clone();
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
                 rt.spawn(async move {
-                    let _ = store.unlock(&key, &holder).await;
+                    let _ = t.store.unlock(&t.key, &t.holder).await;
                 });
             }
         }
     }
+}
+
+/// `at + ttl`, or a far future for absurd TTLs (`Duration::MAX`).
+fn later(at: Instant, ttl: Duration) -> Instant {
+    at.checked_add(ttl)
+        .unwrap_or_else(|| at + Duration::from_secs(100 * 365 * 24 * 3600))
 }
 
 /// The lease key of a stage.
@@ -236,7 +315,8 @@ impl Engine {
     /// process or another); `None` if it stayed busy. A lease held by a process of this host
     /// that no longer exists (killed with `kill -9`, say) is taken over at once. The lease is
     /// renewed in the background (every third of the engine's `lock_ttl`) until it is released
-    /// or dropped; if renewal finds it taken, [`Lease::is_lost`] turns true.
+    /// or dropped; if renewal finds it taken, or finds it was not renewed for a whole TTL (the
+    /// process was paused, say), [`Lease::is_lost`] turns true and stays true.
     ///
     /// Deploys take `stage/<project>/<stage>`; embedders may use other keys for their own
     /// cross-process exclusion (the registry watcher takes `watch/<repository>`).
@@ -249,7 +329,8 @@ impl Engine {
         let holder = format!("{}/{}", self.inner.holder, crate::model::new_id());
         let deadline = Instant::now() + wait;
         let mut delay = Duration::from_millis(25);
-        loop {
+        let taken_at = loop {
+            let start = Instant::now();
             let taken = super::timed(
                 || format!("lease {key}"),
                 limit,
@@ -257,7 +338,7 @@ impl Engine {
             )
             .await?;
             if taken {
-                break;
+                break start;
             }
             let current =
                 super::timed(|| format!("lease {key}"), limit, store.lease_holder(&key)).await?;
@@ -272,7 +353,7 @@ impl Engine {
                 .await?;
                 if took {
                     tracing::warn!(%key, previous = %dead, "took over a lease whose holder process is gone");
-                    break;
+                    break start;
                 }
                 continue;
             }
@@ -282,44 +363,40 @@ impl Engine {
             tracing::debug!(%key, "lease is busy; waiting");
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_millis(500));
-        }
-        let lost = CancellationToken::new();
+        };
+        let tenure = Arc::new(Tenure {
+            store,
+            key,
+            holder,
+            ttl: s.lock_ttl,
+            lost: CancellationToken::new(),
+            until: std::sync::Mutex::new(later(taken_at, s.lock_ttl)),
+        });
         let renew = {
-            let (store, key, holder, ttl, lost) = (
-                store.clone(),
-                key.clone(),
-                holder.clone(),
-                s.lock_ttl,
-                lost.clone(),
-            );
+            let t = tenure.clone();
             tokio::spawn(async move {
-                let mut renewed = Instant::now();
                 loop {
-                    tokio::time::sleep(ttl / 3).await;
-                    let r = tokio::time::timeout(ttl / 3, store.try_lock(&key, &holder, ttl)).await;
-                    match r {
-                        Ok(Ok(true)) => renewed = Instant::now(),
-                        Ok(Ok(false)) => {
-                            tracing::error!(%key, "lost a lease (it expired and was taken); stopping the operation");
-                            lost.cancel();
+                    tokio::time::sleep(t.ttl / 3).await;
+                    match t.renew(t.ttl / 3).await {
+                        Ok(()) => {}
+                        Err(Error::LeaseLost { .. }) => {
+                            tracing::error!(key = %t.key, "lost a lease (taken by another holder, or not renewed for a whole ttl); stopping the operation");
                             return;
                         }
-                        Ok(Err(e)) => tracing::warn!(%key, error = %e, "could not renew a lease"),
-                        Err(_) => tracing::warn!(%key, "renewing a lease timed out"),
-                    }
-                    if renewed.elapsed() >= ttl {
-                        tracing::error!(%key, "could not renew a lease for a whole ttl; stopping the operation");
-                        lost.cancel();
-                        return;
+                        Err(e) => {
+                            tracing::warn!(key = %t.key, error = %e, "could not renew a lease");
+                            if t.lapsed() {
+                                tracing::error!(key = %t.key, "could not renew a lease for a whole ttl; stopping the operation");
+                                t.lose();
+                                return;
+                            }
+                        }
                     }
                 }
             })
         };
         Ok(Some(Lease {
-            store,
-            key,
-            holder,
-            lost,
+            tenure,
             renew: Some(renew),
         }))
     }

@@ -169,6 +169,10 @@ pub struct DeployRequest {
     /// `--health-path`, `--env`, `--max-instances`). They become the project's settings only
     /// when the deploy succeeds: a failed deploy changes nothing.
     pub settings: Option<crate::model::RunSettings>,
+    /// Accept an image of another repository than the project's (the CLI deploying a new
+    /// image into a project it made): that repository becomes the project's only when the
+    /// deploy succeeds.
+    pub adopt_repository: bool,
     /// The deployment's id, chosen by the caller (a server answers with it before the deploy
     /// ends). `None`: the engine makes one.
     pub id: Option<String>,
@@ -190,6 +194,7 @@ impl DeployRequest {
             progress: None,
             cancel: None,
             settings: None,
+            adopt_repository: false,
             id: None,
             correlation_id: None,
         }
@@ -357,16 +362,13 @@ pub(crate) struct Guard {
     lost: CancellationToken,
     cancel: Option<CancellationToken>,
     shutdown: CancellationToken,
+    tenure: std::sync::Arc<lock::Tenure>,
 }
 
 impl Guard {
     /// The error to stop with, if the operation must stop now.
     pub(crate) fn check(&self) -> Result<()> {
-        if self.lost.is_cancelled() {
-            return Err(Error::LeaseLost {
-                key: self.key.clone(),
-            });
-        }
+        self.tenure.check()?;
         if self
             .cancel
             .as_ref()
@@ -380,9 +382,16 @@ impl Guard {
         Ok(())
     }
 
-    /// Whether the lease was lost.
+    /// Whether the lease was lost (or lapsed).
     pub(crate) fn lease_lost(&self) -> bool {
-        self.lost.is_cancelled()
+        self.tenure.check().is_err()
+    }
+
+    /// Renew the lease in the store now, within `limit`: [`Error::LeaseLost`] if it is another
+    /// holder's or lapsed. The renew task runs only every third of the TTL; a step that must not
+    /// act on a lost lease (the switch) asks the store itself first.
+    pub(crate) async fn renew(&self, limit: Duration) -> Result<()> {
+        self.tenure.renew(limit).await
     }
 
     /// Resolves with the reason once the operation must stop.

@@ -6,7 +6,8 @@
 //! - deployments a dead process left in progress are settled: completed when their new
 //!   instance was committed active, rolled back otherwise;
 //! - the stage's active instance runs: an exited container is started again, unless a person
-//!   stopped it (`skipper stop` records that); a vanished one is reported and notified;
+//!   stopped it (`skipper stop` records that); a vanished one is reported and notified, on
+//!   every pass while it lasts;
 //! - container ids, addresses and upstreams follow what the runtime has now (a container
 //!   recreated by hand, a restart that moved its published port);
 //! - routes point where the store says.
@@ -42,7 +43,7 @@ pub(crate) struct Snapshot<'a> {
 pub struct ReconcileReport {
     /// Instances recreated from labelled containers the store did not know.
     pub adopted: Vec<String>,
-    /// Instances whose container is gone.
+    /// Instances whose container is gone: found so by this pass, or still so when active.
     pub missing: Vec<String>,
     /// Containers removed as orphans (names).
     pub removed_containers: Vec<String>,
@@ -578,7 +579,9 @@ impl Engine {
             let before = inst.clone();
             match container {
                 None => {
-                    if inst.state != InstanceState::Missing {
+                    // The active one is said (and notified) on every pass while it lasts, not
+                    // only the first that sees it: the stage is down until a deploy or rollback.
+                    if inst.active || inst.state != InstanceState::Missing {
                         report.missing.push(inst.id.clone());
                         if inst.active {
                             self.notify(Event {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
-use crate::model::{DeployStatus, EventKind, InstanceState, RunSettings, Stage, Step};
+use crate::model::{DeployStatus, EventKind, InstanceState, RunSettings, Stage, Step, StepStatus};
 use crate::store::MemoryStore;
 use crate::testing::{
     Behavior, FakeProxy, FakeRuntime, Fault, FlakyStore, Op, RecordingNotifier, StoreOp,
@@ -749,6 +749,7 @@ async fn instance_operations() {
 
 #[tokio::test(start_paused = true)]
 async fn reconcile_marks_missing_and_removes_orphans() {
+    // A vanished active instance is reported on every pass while it lasts (8.4c, 9.11).
     let h = harness(1).await;
     h.deploy("dev", "v1").await;
     let v1 = h.active("dev").await;
@@ -757,9 +758,24 @@ async fn reconcile_marks_missing_and_removes_orphans() {
     let r = h.engine.reconcile().await.unwrap();
     assert_eq!(r.missing, vec![v1.id.clone()]);
     assert_eq!(h.instances("dev").await[0].state, InstanceState::Missing);
-    // A second reconcile finds nothing new: it is idempotent.
+    // A second reconcile repairs nothing (it is idempotent), but the stage is still down: it
+    // says so again, and notifies again.
     let again = h.engine.reconcile().await.unwrap();
-    assert!(again.is_clean() && again.missing.is_empty(), "{again:?}");
+    assert!(again.is_clean(), "{again:?}");
+    assert_eq!(again.missing, vec![v1.id.clone()], "{again:?}");
+    let missing: Vec<_> = h
+        .notifier
+        .events()
+        .into_iter()
+        .filter(|e| e.kind == EventKind::InstanceMissing)
+        .collect();
+    assert_eq!(missing.len(), 2, "one event per pass: {missing:#?}");
+    assert_eq!(missing[1].instance_id.as_deref(), Some(v1.id.as_str()));
+    assert!(
+        missing[1].message.contains("is gone"),
+        "{}",
+        missing[1].message
+    );
     // The next deploy replaces the missing instance.
     assert_eq!(h.deploy("dev", "v2").await.status, DeployStatus::Succeeded);
     assert_eq!(h.instances("dev").await.len(), 1);
@@ -1298,6 +1314,165 @@ async fn a_holder_that_lost_its_lease_never_commits() {
     );
 }
 
+/// A holder whose lease is taken over while its route call hangs (a slow proxy, a process
+/// paused in the call) and whose renew task has not noticed yet: it neither switches nor
+/// commits, and its rollback puts no stale route back over the new holder's.
+#[tokio::test(start_paused = true)]
+async fn a_lease_taken_over_during_the_route_call_undoes_nothing_of_the_new_holders() {
+    let h = harness(1).await;
+    h.deploy("dev", "v1").await;
+    let mut slow = settings();
+    // Renewal comes too late to notice, and the held call does not time out.
+    slow.lock_ttl = Duration::from_secs(3600);
+    slow.timeouts.route = Duration::from_secs(3600);
+    let old = Engine::builder(h.rt.clone(), h.store.clone())
+        .proxy(h.proxy.clone())
+        .settings(slow)
+        .build();
+    let held = h.proxy.hold_ensure("stage-dev-web-v2.example.com");
+    let task = tokio::spawn(async move {
+        old.deploy(DeployRequest::new("web", "dev", image("v2")))
+            .await
+    });
+    held.reached.await.unwrap();
+
+    // The old holder's lease lapses and another process takes the stage and deploys v3.
+    let key = "stage/web/dev";
+    let stale = h.store.lease_holder(key).await.unwrap().unwrap();
+    let ttl = Duration::from_secs(3600);
+    assert!(
+        h.store
+            .take_over_lock(key, &stale, "expired", ttl)
+            .await
+            .unwrap()
+    );
+    h.store.unlock(key, "expired").await.unwrap();
+    let lease = h.engine.lease(key, Duration::ZERO).await.unwrap().unwrap();
+    let project = h.engine.project("web").await.unwrap();
+    let stage = project.stage("dev").unwrap().clone();
+    let new = h
+        .engine
+        .deploy_locked(
+            project,
+            stage,
+            "v3".into(),
+            DeployRequest::new("web", "dev", image("v3")),
+            &lease,
+        )
+        .await
+        .unwrap();
+    assert_eq!(new.status, DeployStatus::Succeeded, "{new:#?}");
+    let v3 = h.active("dev").await;
+
+    // The old holder's route call answers; it goes on, still holding nothing.
+    held.release.send(()).unwrap();
+    let d = task.await.unwrap().unwrap();
+    lease.release().await;
+    assert_eq!(d.status, DeployStatus::Failed, "{d:#?}");
+    let e = d.error.clone().unwrap();
+    assert_eq!(e.kind, ErrorKind::Interrupted, "{e:?}");
+    assert!(e.message.contains("lost the lease"), "{}", e.message);
+    assert!(
+        !d.steps
+            .iter()
+            .any(|s| s.step == Step::Switch && s.status == StepStatus::Done),
+        "the old holder never switched: {:#?}",
+        d.steps
+    );
+    assert_eq!(h.active("dev").await.id, v3.id, "v3 is the only active one");
+    assert_eq!(
+        h.proxy.route("stage-dev-web.example.com").unwrap().upstream,
+        v3.upstream.clone().unwrap(),
+        "the stage domain is still the new holder's"
+    );
+    assert_eq!(
+        h.proxy.route(&v3.domain).unwrap().upstream,
+        v3.upstream.clone().unwrap()
+    );
+    assert_eq!(
+        h.rt.running(),
+        vec![v3.container_id.clone().unwrap()],
+        "only v3 runs"
+    );
+}
+
+/// A holder paused between its switch and its commit, whose stage another process then
+/// deployed: the fenced commit is refused, and that refusal alone (the renew task has not run)
+/// stops it putting its stale routes back over the new holder's.
+#[tokio::test(start_paused = true)]
+async fn a_commit_refused_for_a_lost_lease_puts_no_route_back() {
+    let h = harness(1).await;
+    h.deploy("dev", "v1").await;
+    let mut slow = settings();
+    slow.lock_ttl = Duration::from_secs(3600);
+    let old = Engine::builder(h.rt.clone(), h.store.clone())
+        .proxy(h.proxy.clone())
+        .settings(slow)
+        .build();
+    let held = h.store.hold(StoreOp::Commit);
+    let task = tokio::spawn(async move {
+        old.deploy(DeployRequest::new("web", "dev", image("v2")))
+            .await
+    });
+    held.reached.await.unwrap();
+
+    // Its lease lapses; another process deploys v3 and is done (the lease is free again).
+    let key = "stage/web/dev";
+    let stale = h.store.lease_holder(key).await.unwrap().unwrap();
+    let ttl = Duration::from_secs(3600);
+    assert!(
+        h.store
+            .take_over_lock(key, &stale, "expired", ttl)
+            .await
+            .unwrap()
+    );
+    h.store.unlock(key, "expired").await.unwrap();
+    assert_eq!(h.deploy("dev", "v3").await.status, DeployStatus::Succeeded);
+    let v3 = h.active("dev").await;
+
+    held.release.send(()).unwrap();
+    let d = task.await.unwrap().unwrap();
+    assert_eq!(d.status, DeployStatus::Failed, "{d:#?}");
+    let e = d.error.clone().unwrap();
+    assert_eq!(
+        (e.step, e.kind),
+        (Step::Commit, ErrorKind::Interrupted),
+        "{e:?}"
+    );
+    assert_eq!(h.active("dev").await.id, v3.id, "v3 is the only active one");
+    assert_eq!(
+        h.proxy.route("stage-dev-web.example.com").unwrap().upstream,
+        v3.upstream.clone().unwrap(),
+        "no stale route was put back over v3's"
+    );
+    assert_eq!(h.rt.running(), vec![v3.container_id.clone().unwrap()]);
+}
+
+/// A holder paused past its lease (SIGSTOP: its clock moved on, its tasks did not run) finds
+/// the lease lapsed when it resumes, and does not take it back even when it is free: another
+/// process may have held it meanwhile.
+#[tokio::test(start_paused = true)]
+async fn a_holder_paused_past_its_lease_does_not_take_it_back() {
+    let h = harness(1).await;
+    let key = "stage/web/dev";
+    let lease = h.engine.lease(key, Duration::ZERO).await.unwrap().unwrap();
+    let ttl = h.engine.settings().lock_ttl;
+    // Renewed on time, it stays held.
+    tokio::time::sleep(ttl * 2).await;
+    assert!(!lease.is_lost());
+    // Paused: the clock jumps past the TTL before the renew task runs again.
+    tokio::time::advance(ttl * 2).await;
+    let lost = lease.lost_token();
+    tokio::time::timeout(ttl, lost.cancelled())
+        .await
+        .expect("the lease is lost once the holder resumes");
+    assert!(
+        h.store.try_lock(key, "someone-else", ttl).await.unwrap(),
+        "the paused holder did not renew its lapsed lease"
+    );
+    lease.release().await;
+}
+
 /// A cancelled deploy (SIGINT/SIGTERM in the CLI) rolls back between steps and says so.
 #[tokio::test(start_paused = true)]
 async fn a_cancelled_deploy_rolls_back_as_interrupted() {
@@ -1326,6 +1501,47 @@ async fn a_cancelled_deploy_rolls_back_as_interrupted() {
     );
     assert!(e.message.contains("interrupted"), "{}", e.message);
     h.assert_only_serving(&v1).await;
+}
+
+/// A cancel (SIGINT/SIGTERM in the CLI) after the commit point, while the old version drains
+/// and retires: the deploy finishes (nothing is compensated) and says it succeeded.
+#[tokio::test(start_paused = true)]
+async fn a_cancel_during_retire_finishes_the_deploy() {
+    let h = harness(1).await;
+    h.deploy("dev", "v1").await;
+    let engine = Engine::builder(h.rt.clone(), h.store.clone())
+        .proxy(h.proxy.clone())
+        .settings(EngineSettings {
+            drain: Duration::from_secs(10),
+            ..settings()
+        })
+        .build();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let mut req = DeployRequest::new("web", "dev", image("v2"));
+    req.cancel = Some(cancel.clone());
+    let task = tokio::spawn(async move { engine.deploy(req).await });
+    // Committed: v2 is active, and the deploy waits out the drain before stopping v1.
+    while !h
+        .instances("dev")
+        .await
+        .iter()
+        .any(|i| i.tag == "v2" && i.active)
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(h.rt.running().len(), 2, "v1 still runs (draining)");
+    cancel.cancel();
+    let d = task.await.unwrap().unwrap();
+    assert_eq!(d.status, DeployStatus::Succeeded, "{d:#?}");
+    assert!(d.error.is_none(), "{d:#?}");
+    assert!(
+        d.steps
+            .iter()
+            .any(|s| s.step == Step::Retire && s.status == StepStatus::Done),
+        "v1 was retired: {:#?}",
+        d.steps
+    );
+    h.assert_settled_on("v2", "cancelled during retire").await;
 }
 
 /// Reconcile drives toward the desired state on every pass: the active instance's exited
@@ -1574,6 +1790,156 @@ async fn a_deploys_settings_are_kept_only_when_it_succeeds() {
     );
 }
 
+/// A deploy of another repository into a project (the CLI's `deploy other/app:v1 --project
+/// web`) makes that repository the project's only when it succeeds (9.9).
+#[tokio::test(start_paused = true)]
+async fn a_deploy_of_another_repository_changes_the_project_only_when_it_succeeds() {
+    let h = harness(1).await;
+    h.deploy("dev", "v1").await;
+    const OTHER: &str = "localhost:5000/team/other";
+    h.rt.add_image(&format!("{OTHER}:sick"), Behavior::Unhealthy);
+    h.rt.add_image(&format!("{OTHER}:v1"), Behavior::Healthy);
+    let other = |tag: &str| ImageRef::parse(&format!("{OTHER}:{tag}")).unwrap();
+    let before = h.engine.project("web").await.unwrap();
+
+    // Not asked for: refused, as before.
+    let e = h
+        .engine
+        .deploy(DeployRequest::new("web", "dev", other("v1")))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Rejected, "{e}");
+
+    let mut req = DeployRequest::new("web", "dev", other("sick"));
+    req.adopt_repository = true;
+    let d = h.engine.deploy(req).await.unwrap();
+    assert_eq!(d.status, DeployStatus::Failed, "{d:#?}");
+    assert_eq!(
+        h.engine.project("web").await.unwrap(),
+        before,
+        "a failed deploy keeps the project's repository"
+    );
+
+    let mut req = DeployRequest::new("web", "dev", other("v1"));
+    req.adopt_repository = true;
+    let d = h.engine.deploy(req).await.unwrap();
+    assert_eq!(d.status, DeployStatus::Succeeded, "{d:#?}");
+    assert_eq!(
+        h.engine.project("web").await.unwrap().image,
+        other("v1").name()
+    );
+}
+
+/// A deploy's settings are written to the project only under the project's lease: while
+/// another holder keeps it, they are not saved (the deploy itself succeeded).
+#[tokio::test(start_paused = true)]
+async fn settings_are_never_written_without_the_project_lease() {
+    let h = harness(1).await;
+    h.deploy("dev", "v1").await;
+    let project = h.engine.project("web").await.unwrap();
+    let ttl = Duration::from_secs(3600);
+    assert!(
+        h.store
+            .try_lock("project/web", "someone-else", ttl)
+            .await
+            .unwrap()
+    );
+    let mut settings = RunSettings::of(&project, project.stage("dev").unwrap());
+    settings.env.insert("MODE".into(), "v2".into());
+    let mut req = DeployRequest::new("web", "dev", image("v2"));
+    req.settings = Some(settings);
+    let d = h.engine.deploy(req).await.unwrap();
+    assert_eq!(d.status, DeployStatus::Succeeded, "{d:#?}");
+    assert_eq!(
+        h.engine.project("web").await.unwrap(),
+        project,
+        "nothing written without the lease"
+    );
+}
+
+/// The health gate probes at once, then backs off from 50 ms, doubling, up to the health
+/// check's interval (8.8a): an app that listens a moment after its start is seen then.
+#[tokio::test(start_paused = true)]
+async fn the_health_gate_probes_at_once_and_backs_off_to_its_interval() {
+    let h = harness(1).await;
+    let mut p = h.engine.project("web").await.unwrap();
+    p.health.interval = Duration::from_secs(1);
+    p.health.deadline = Duration::from_secs(4);
+    h.engine.put_project(&p).await.unwrap();
+    let d = h.deploy("dev", "sick").await;
+    assert_eq!(d.status, DeployStatus::Failed, "{d:#?}");
+    let times = h.rt.probe_times();
+    let gaps: Vec<u128> = times
+        .windows(2)
+        .map(|w| (w[1] - w[0]).as_millis())
+        .collect();
+    assert_eq!(
+        gaps,
+        vec![50, 100, 200, 400, 800, 1000, 1000],
+        "the probe schedule (ms between probes) until the 4 s deadline"
+    );
+
+    // Refused twice, then listening: healthy at the third probe, 150 ms after the first.
+    let h = harness(1).await;
+    h.rt.inject(Op::Probe, Fault::Error(ErrorKind::Transient));
+    h.rt.inject(Op::Probe, Fault::Error(ErrorKind::Transient));
+    let d = h.deploy("dev", "v1").await;
+    assert_eq!(d.status, DeployStatus::Succeeded, "{d:#?}");
+    let times = h.rt.probe_times();
+    assert_eq!(times.len(), 3, "{times:?}");
+    assert_eq!((times[2] - times[0]).as_millis(), 150);
+}
+
+/// A rollback holds the stage's lease from choosing its target to the end of its redeploy
+/// (8.4h): one acquisition throughout, and a deploy started meanwhile waits, then builds on
+/// what the rollback made.
+#[tokio::test(start_paused = true)]
+async fn a_deploy_started_during_a_rollback_waits_for_all_of_it() {
+    let h = harness(1).await;
+    h.deploy("dev", "v1").await;
+    h.deploy("dev", "v2").await;
+    let key = "stage/web/dev";
+    // Hold the rollback in its first step (the reconcile's history read), under the lease.
+    let held = h.store.hold(StoreOp::ListDeployments);
+    let engine = h.engine.clone();
+    let rollback = tokio::spawn(async move { engine.rollback("web", "dev").await });
+    held.reached.await.unwrap();
+    let picking = h.store.lease_holder(key).await.unwrap().expect("held");
+    let engine = h.engine.clone();
+    let deploy = tokio::spawn(async move {
+        engine
+            .deploy(DeployRequest::new("web", "dev", image("v3")))
+            .await
+    });
+    // The redeploy of v1 waits in its health gate (two probes that never answer).
+    h.rt.inject(Op::Probe, Fault::Hang);
+    h.rt.inject(Op::Probe, Fault::Hang);
+    held.release.send(()).unwrap();
+    while h.rt.probe_times().len() < 2 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let redeploying = h.store.lease_holder(key).await.unwrap().expect("held");
+    assert_eq!(redeploying, picking, "one lease, held throughout");
+    assert!(
+        !h.rt
+            .containers()
+            .iter()
+            .any(|c| c.labels[labels::TAG] == "v3"),
+        "the deploy has not started"
+    );
+
+    let r = rollback.await.unwrap().unwrap();
+    assert_eq!(r.status, DeployStatus::Succeeded, "{r:#?}");
+    let d = deploy.await.unwrap().unwrap();
+    assert_eq!(d.status, DeployStatus::Succeeded, "{d:#?}");
+    assert_eq!(
+        d.previous_instance, r.instance_id,
+        "the deploy replaced what the rollback made"
+    );
+    h.assert_settled_on("v3", "after the rollback and the deploy")
+        .await;
+}
+
 /// `rm` of an instance whose container was recreated by hand removes the container that is
 /// really there (before, it removed the stale id, said "removed", and the container ran on).
 #[tokio::test(start_paused = true)]
@@ -1586,6 +1952,41 @@ async fn rm_removes_a_container_recreated_by_hand() {
     h.engine.remove_instance(&v1.id).await.unwrap();
     assert!(h.rt.containers().is_empty(), "{:?}", h.rt.containers());
     assert!(h.instances("dev").await.is_empty());
+}
+
+/// `rm` says it failed when a container of the instance is still there after the removal (a
+/// second one made by hand with its labels): the error names it, and the record is kept.
+/// (9.8b: a test of the error branch, which was right but untested.)
+#[tokio::test(start_paused = true)]
+async fn rm_fails_while_a_container_of_the_instance_is_left() {
+    let h = harness(1).await;
+    h.deploy("dev", "v1").await;
+    let v1 = h.active("dev").await;
+    let original = h.rt.containers().remove(0);
+    let copy = crate::backend::ContainerSpec {
+        name: "by-hand-copy".into(),
+        image: image("v1"),
+        env: Default::default(),
+        labels: original.labels.clone(),
+        volumes: vec![],
+        network: None,
+        port: Some(8080),
+        publish: true,
+    };
+    h.rt.create_container(&copy).await.unwrap();
+    let e = h.engine.remove_instance(&v1.id).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
+    // One of the two was removed; the error names the one left.
+    let left = h.rt.containers();
+    assert_eq!(left.len(), 1, "{left:?}");
+    let message = e.to_string();
+    assert!(
+        message.contains(&left[0].id) && message.contains(&v1.id),
+        "{message}"
+    );
+    let kept = h.instances("dev").await;
+    assert_eq!(kept.len(), 1, "the record is kept: {kept:?}");
+    assert_eq!(kept[0].id, v1.id);
 }
 
 /// The activity feed tells a live view what happens: the deployment (with the caller's id and

@@ -10,7 +10,7 @@ use secrecy::SecretString;
 use crate::backend::{DeploymentFilter, Fence, InstanceFilter, Store};
 use crate::error::Result;
 use crate::model::{DeployStatus, Deployment, Instance, Project, SeenTag};
-use crate::testing::Fault;
+use crate::testing::{Fault, Held, Hold};
 
 /// Store calls that can be made to fail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -40,6 +40,7 @@ pub enum StoreOp {
 pub struct FlakyStore {
     inner: Arc<dyn Store>,
     faults: Mutex<HashMap<StoreOp, Vec<Fault>>>,
+    holds: Mutex<HashMap<StoreOp, Hold>>,
     crashed: std::sync::atomic::AtomicBool,
 }
 
@@ -49,6 +50,7 @@ impl FlakyStore {
         Self {
             inner,
             faults: Mutex::new(HashMap::new()),
+            holds: Mutex::new(HashMap::new()),
             crashed: std::sync::atomic::AtomicBool::new(false),
         }
     }
@@ -76,7 +78,26 @@ impl FlakyStore {
             .push(fault);
     }
 
+    /// Hold the next `op` until released (a slow store, or a process paused just before the
+    /// call); it then goes ahead as usual.
+    pub fn hold(&self, op: StoreOp) -> Held {
+        let (hold, held) = Hold::new();
+        self.holds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(op, hold);
+        held
+    }
+
     async fn check(&self, op: StoreOp) -> Result<Option<Fault>> {
+        let hold = self
+            .holds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&op);
+        if let Some(hold) = hold {
+            hold.wait().await;
+        }
         let fault = self
             .faults
             .lock()

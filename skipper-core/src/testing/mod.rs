@@ -83,6 +83,39 @@ impl Fault {
     }
 }
 
+/// A call held in a fake until the test lets it go (a slow backend, or a process paused in the
+/// middle of the call); it then takes effect as usual.
+pub struct Held {
+    /// Resolves once the call arrived and waits.
+    pub reached: tokio::sync::oneshot::Receiver<()>,
+    /// Send (or drop) to let the call go ahead.
+    pub release: tokio::sync::oneshot::Sender<()>,
+}
+
+/// The fake's side of a [`Held`] call.
+pub(crate) struct Hold {
+    reached: tokio::sync::oneshot::Sender<()>,
+    release: tokio::sync::oneshot::Receiver<()>,
+}
+
+impl Hold {
+    pub(crate) fn new() -> (Self, Held) {
+        let (reached_tx, reached) = tokio::sync::oneshot::channel();
+        let (release, release_rx) = tokio::sync::oneshot::channel();
+        let hold = Self {
+            reached: reached_tx,
+            release: release_rx,
+        };
+        (hold, Held { reached, release })
+    }
+
+    /// Say the call arrived, and wait to be let go.
+    pub(crate) async fn wait(self) {
+        let _ = self.reached.send(());
+        let _ = self.release.await;
+    }
+}
+
 /// A notifier that keeps every event, and can be told to fail.
 #[derive(Default)]
 pub struct RecordingNotifier {

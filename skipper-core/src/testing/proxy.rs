@@ -7,7 +7,7 @@ use async_trait::async_trait;
 
 use crate::backend::{ProxyManager, Route};
 use crate::error::Result;
-use crate::testing::Fault;
+use crate::testing::{Fault, Held, Hold};
 
 #[derive(Default)]
 struct State {
@@ -17,6 +17,9 @@ struct State {
     remove_faults: Vec<Fault>,
     list_faults: Vec<Fault>,
     ensures: usize,
+    /// `ensure_route` calls to hold, by domain: told on `reached`, applied once `release` is
+    /// sent (or dropped).
+    holds: HashMap<String, Hold>,
 }
 
 /// A route table in memory.
@@ -43,6 +46,14 @@ impl FakeProxy {
             .entry(domain.to_owned())
             .or_default()
             .push(fault);
+    }
+
+    /// Hold the next `ensure_route` for `domain` until released: a slow proxy, or a process
+    /// paused in the middle of the call. The call then takes effect as usual.
+    pub fn hold_ensure(&self, domain: &str) -> Held {
+        let (hold, held) = Hold::new();
+        self.lock().holds.insert(domain.to_owned(), hold);
+        held
     }
 
     /// Fail the next `remove_route`.
@@ -79,6 +90,10 @@ impl FakeProxy {
 #[async_trait]
 impl ProxyManager for FakeProxy {
     async fn ensure_route(&self, route: &Route) -> Result<()> {
+        let hold = self.lock().holds.remove(&route.domain);
+        if let Some(hold) = hold {
+            hold.wait().await;
+        }
         let fault = {
             let mut s = self.lock();
             s.ensures += 1;

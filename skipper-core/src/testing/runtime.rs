@@ -79,6 +79,8 @@ struct State {
     next_port: u16,
     next_id: u64,
     calls: Vec<Op>,
+    /// When each HTTP probe came (`tokio` time: virtual under a paused clock).
+    probes: Vec<tokio::time::Instant>,
 }
 
 /// An in-memory Docker. Containers "run" instantly; images are registered with [`add_image`].
@@ -106,6 +108,11 @@ impl FakeRuntime {
     /// An empty runtime.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// When each HTTP probe came, faulted ones included (`tokio` time).
+    pub fn probe_times(&self) -> Vec<tokio::time::Instant> {
+        self.lock().probes.clone()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -497,6 +504,7 @@ impl Runtime for FakeRuntime {
         path: &str,
         _timeout: Duration,
     ) -> Result<ProbeResult> {
+        self.lock().probes.push(tokio::time::Instant::now());
         let f = self.enter(Op::Probe).await?;
         let s = self.lock();
         let c = s
