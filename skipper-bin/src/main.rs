@@ -10,6 +10,11 @@
 
 mod app;
 mod cli;
+#[allow(
+    dead_code,
+    reason = "shared with skippy, which writes and runs the stacks; the server checks orders"
+)]
+mod compose;
 mod output;
 mod proto;
 mod remote;

@@ -11,6 +11,11 @@
 //! Exit codes: 0 after SIGINT/SIGTERM, 2 for bad configuration, 3 when the server refuses the
 //! node's token (401/403: revoked or wrong; retrying would not help).
 
+#[path = "compose.rs"]
+#[allow(dead_code, reason = "shared with the server; the agent runs stacks")]
+mod compose;
+#[path = "compose_agent.rs"]
+mod compose_agent;
 #[path = "proto.rs"]
 #[allow(
     dead_code,
@@ -40,6 +45,8 @@ struct Agent {
     http: reqwest::Client,
     /// This host's Docker engine (connected on the first runtime order).
     docker: tokio::sync::OnceCell<Arc<skipper_core::docker::DockerRuntime>>,
+    /// Where compose stacks live (`SKIPPY_COMPOSE_BASE_DIR`, default `DATA_DIR/compose`).
+    compose_base: PathBuf,
 }
 
 #[derive(Debug)]
@@ -310,6 +317,7 @@ impl Agent {
                     ),
                 }
             }
+            "compose" => compose_agent::run(&self.compose_base, &order["payload"]).await,
             other => (
                 false,
                 json!({ "error": format!("this agent does not know orders of kind {other:?}") }),
@@ -401,10 +409,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let compose_base = env("SKIPPY_COMPOSE_BASE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| data.join("compose"));
     let agent = Arc::new(Agent {
         url,
         id,
         key: RwLock::new(key_of(&token)),
+        compose_base,
         data,
         heartbeat: RwLock::new(Duration::from_millis(heartbeat.max(200))),
         http,

@@ -16,6 +16,15 @@ use super::error::{ApiError, ApiResult};
 use super::extract::{Body, Path, Query};
 use crate::proto;
 
+/// An order as people see it: a compose stack's `.env` values hidden (only the agent gets
+/// them, over its signed channel).
+fn public(mut o: super::nodes::WorkOrder) -> Value {
+    if o.kind == "compose" {
+        crate::compose::redact(&mut o.payload);
+    }
+    serde_json::to_value(o).unwrap_or_default()
+}
+
 /// How long an agent's long-poll waits for an order at most.
 const LONG_POLL: Duration = Duration::from_secs(25);
 /// An order's lease: the agent renews it while working.
@@ -154,7 +163,7 @@ pub(crate) async fn enqueue(
     Ok((
         StatusCode::CREATED,
         [(header::LOCATION, format!("/v1/work-orders/{}", o.id))],
-        axum::Json(serde_json::to_value(o).unwrap_or_default()),
+        axum::Json(public(o)),
     )
         .into_response())
 }
@@ -178,7 +187,9 @@ pub(crate) async fn orders(
     let list = s
         .nodes
         .orders(q.node.as_deref(), q.limit.unwrap_or(100).clamp(1, 1000))?;
-    Ok(axum::Json(serde_json::to_value(list).unwrap_or_default()))
+    Ok(axum::Json(Value::Array(
+        list.into_iter().map(public).collect(),
+    )))
 }
 
 /// One work order, with its result once the agent answered.
@@ -188,9 +199,7 @@ pub(crate) async fn order(
     State(s): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<axum::Json<Value>> {
-    Ok(axum::Json(
-        serde_json::to_value(s.nodes.order(&id)?).unwrap_or_default(),
-    ))
+    Ok(axum::Json(public(s.nodes.order(&id)?)))
 }
 
 /// Cancel an order that has not finished.
@@ -200,9 +209,7 @@ pub(crate) async fn cancel(
     State(s): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<axum::Json<Value>> {
-    Ok(axum::Json(
-        serde_json::to_value(s.nodes.cancel(&id)?).unwrap_or_default(),
-    ))
+    Ok(axum::Json(public(s.nodes.cancel(&id)?)))
 }
 
 // ---- the agent's routes: signed, no admin token -------------------------------------------

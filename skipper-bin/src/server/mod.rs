@@ -18,6 +18,7 @@ pub(crate) mod outbox;
 pub(crate) mod registries;
 pub(crate) mod remote_runtime;
 pub(crate) mod schema;
+pub(crate) mod tenants;
 pub(crate) mod webhook;
 
 #[cfg(test)]
@@ -252,6 +253,11 @@ fn protected_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(agents::orders))
         .routes(routes!(agents::order))
         .routes(routes!(agents::cancel))
+        .routes(routes!(tenants::list))
+        .routes(routes!(tenants::get, tenants::put))
+        .routes(routes!(tenants::apply))
+        .routes(routes!(tenants::down))
+        .routes(routes!(tenants::ps))
 }
 
 /// The whole server: every route, its middleware, the OpenAPI document.

@@ -73,11 +73,11 @@ pub(crate) fn signing_key(token: &str) -> String {
     hex::encode(super::auth::hash(token))
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-fn rfc3339(ms: i64) -> String {
+pub(crate) fn rfc3339(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
         .unwrap_or_default()
@@ -92,7 +92,10 @@ CREATE TABLE IF NOT EXISTS work_orders (
     id TEXT PRIMARY KEY, node TEXT NOT NULL, kind TEXT NOT NULL, payload TEXT NOT NULL,
     rank INTEGER NOT NULL, seq INTEGER NOT NULL, status TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
     lease_until_ms INTEGER, deadline_ms INTEGER NOT NULL, created_ms INTEGER NOT NULL, result TEXT);
-CREATE INDEX IF NOT EXISTS work_orders_next ON work_orders (node, status, rank DESC, seq);";
+CREATE INDEX IF NOT EXISTS work_orders_next ON work_orders (node, status, rank DESC, seq);
+CREATE TABLE IF NOT EXISTS tenants (
+    id TEXT PRIMARY KEY, spec TEXT NOT NULL, generation INTEGER NOT NULL,
+    last_applied TEXT, updated_ms INTEGER NOT NULL);";
 
 /// A node id or token refused.
 #[derive(Debug)]
@@ -190,7 +193,7 @@ impl Nodes {
         })
     }
 
-    fn db(&self) -> std::sync::MutexGuard<'_, rusqlite::Connection> {
+    pub(crate) fn db(&self) -> std::sync::MutexGuard<'_, rusqlite::Connection> {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
 

@@ -1134,3 +1134,107 @@ async fn an_agent_signs_every_request_and_forgeries_replays_and_stale_times_are_
         .await;
     assert_eq!(gone.status, StatusCode::UNAUTHORIZED);
 }
+
+/// Tenants: desired state with write-only env, generations, apply queues one compose order per
+/// stack on the tenant's node (a removed stack gets a `down`), and the orders hide the env.
+#[tokio::test]
+async fn tenants_keep_desired_state_and_apply_queues_compose_orders() {
+    let t = harness().await;
+    let stack = "services:\n  web:\n    image: skipper-test/app:v1\n";
+    let spec = |stacks: Value| json!({"node": "host-1", "env": {"SHARED": "s"}, "stacks": stacks});
+    let one = spec(json!({"web": {"compose": stack, "env": {"SECRET": "hunter2"}}}));
+    // Refusals: unknown node, bad names, not a compose file.
+    let a = t.req("PUT", "/v1/tenants/acme", Some(one.clone())).await;
+    assert_envelope(&a, StatusCode::NOT_FOUND, "not_found");
+    assert_eq!(
+        t.req("POST", "/v1/nodes", Some(json!({"id": "host-1"})))
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+    for (path, body) in [
+        ("/v1/tenants/..", one.clone()),
+        ("/v1/tenants/Acme", one.clone()),
+        (
+            "/v1/tenants/acme",
+            spec(json!({"../x": {"compose": stack}})),
+        ),
+        (
+            "/v1/tenants/acme",
+            spec(json!({"web": {"compose": "services: [1"}})),
+        ),
+        (
+            "/v1/tenants/acme",
+            spec(json!({"web": {"compose": "version: '3'\n"}})),
+        ),
+        (
+            "/v1/tenants/acme",
+            spec(json!({"web": {"compose": stack, "env": {"A": "1\nB=2"}}})),
+        ),
+    ] {
+        let a = t.req("PUT", path, Some(body)).await;
+        assert!(
+            a.status == StatusCode::BAD_REQUEST || a.status == StatusCode::NOT_FOUND,
+            "{path}: {} {}",
+            a.status,
+            a.text
+        );
+    }
+    assert_eq!(
+        t.req("GET", "/v1/tenants/acme", None).await.status,
+        StatusCode::NOT_FOUND
+    );
+
+    let a = t.req("PUT", "/v1/tenants/acme", Some(one.clone())).await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
+    assert_eq!(a.body["generation"], 1);
+    assert_eq!(a.body["desired"]["stacks"]["web"]["env"]["SECRET"], "••••");
+    assert!(!a.text.contains("hunter2"), "{}", a.text);
+    assert_eq!(a.body["in_sync"], false);
+    // The same spec again keeps its generation; a change makes the next.
+    let a = t.req("PUT", "/v1/tenants/acme", Some(one.clone())).await;
+    assert_eq!(
+        (a.status, &a.body["generation"]),
+        (StatusCode::OK, &json!(1))
+    );
+
+    let a = t.req("POST", "/v1/deployments/acme/apply", None).await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.text);
+    let web = a.body["orders"]["web"].as_str().unwrap().to_owned();
+    let o = t.req("GET", &format!("/v1/work-orders/{web}"), None).await;
+    assert_eq!(o.body["kind"], "compose");
+    assert_eq!(o.body["payload"]["action"], "up");
+    assert_eq!(o.body["payload"]["env"]["SECRET"], "••••", "{}", o.text);
+    assert_eq!(o.body["payload"]["env"]["SHARED"], "••••");
+    assert!(!o.text.contains("hunter2"));
+    let list = t.req("GET", "/v1/work-orders?node=host-1", None).await;
+    assert!(!list.text.contains("hunter2"), "{}", list.text);
+    // The agent gets the real values (its own signed channel).
+    let order = t.state.nodes.order(&web).unwrap();
+    assert_eq!(order.payload["env"]["SECRET"], "hunter2");
+    let doc = t.req("GET", "/v1/tenants/acme", None).await;
+    assert_eq!(doc.body["last_applied"]["generation"], 1);
+    assert_eq!(doc.body["current"]["web"]["status"], "queued");
+
+    // The stack goes from the desired state: the next apply takes it down.
+    let a = t
+        .req(
+            "PUT",
+            "/v1/tenants/acme",
+            Some(spec(json!({"api": {"compose": stack}}))),
+        )
+        .await;
+    assert_eq!(a.body["generation"], 2, "{}", a.text);
+    let a = t.req("POST", "/v1/deployments/acme/apply", None).await;
+    let down = a.body["orders"]["web"].as_str().unwrap();
+    let o = t.state.nodes.order(down).unwrap();
+    assert_eq!(o.payload["action"], "down");
+    assert_eq!(o.payload["stack"], "web");
+    assert!(a.body["orders"]["api"].is_string());
+    assert_eq!(
+        t.req("POST", "/v1/deployments/nobody/apply", None)
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+}
