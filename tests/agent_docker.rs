@@ -401,3 +401,118 @@ fn one_server_deploys_to_two_nodes_through_their_agents() {
         "nothing left waiting: {orders:#?}"
     );
 }
+
+/// A tenant's compose stack on a node: `PUT /v1/tenants/acme`, then `skipper deploy apply
+/// --tenant-id acme` (the CLI against the server) waits until the agent has written the stack's
+/// files (`.env` 0600) and run `docker-compose up -d`; the tenant then reads in sync with its
+/// service running, and `down` takes it away.
+#[test]
+#[ignore = "needs docker engine"]
+fn a_tenants_compose_stack_runs_on_its_node() {
+    let _env = common::or_skip!(common::env_or_skip("tenant", common::env::TestEnv::load));
+    let world = World::new(Scope::new("tenant"));
+    let addr = format!("127.0.0.1:{}", free_port());
+    let _server = {
+        let mut c = world.text_command(&["serve", "--listen", &addr, "--log-format", "json"]);
+        c.env("SKIPPER_ADMIN_TOKEN", TOKEN)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        KillOnDrop(Some(c.spawn().expect("start skipper serve")))
+    };
+    wait_for(30, "the server", || {
+        (curl(&addr, "GET", "/v1/health", None).0 == 200).then_some(())
+    });
+    let (_, node) = curl(&addr, "POST", "/v1/nodes", Some(json!({"id": "host-1"})));
+    let token = node["token"].as_str().unwrap().to_owned();
+    let base = world.dir.path().join("stacks");
+    let _agent = {
+        let child = Command::new(skippy_bin())
+            .env("SKIPPER_URL", format!("http://{addr}"))
+            .env("AGENT_ID", "host-1")
+            .env("AGENT_TOKEN", &token)
+            .env("DATA_DIR", world.dir.path().join("skippy"))
+            .env("SKIPPY_COMPOSE_BASE_DIR", &base)
+            .env("HEARTBEAT_INTERVAL_MS", "200")
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start skippy");
+        KillOnDrop(Some(child))
+    };
+    // The scope's label on the service, so its cleanup removes it should the test fail.
+    let compose = format!(
+        "version: \"3.8\"\nservices:\n  app:\n    image: skipper-test/app:v1\n    labels:\n      dev.skipper.scope: {}\n    environment:\n      - GREETING\n",
+        world.scope.name
+    );
+    let (code, t) = curl(
+        &addr,
+        "PUT",
+        "/v1/tenants/acme",
+        Some(json!({
+            "node": "host-1",
+            "env": {"GREETING": "hello"},
+            "stacks": {"web": {"compose": compose, "env": {"SECRET": "hunter2"}}},
+        })),
+    );
+    assert_eq!(code, 201, "{t}");
+
+    let out = Command::new(common::bin::skipper_bin())
+        .args(["deploy", "apply", "--tenant-id", "acme"])
+        .args(["--url", &format!("http://{addr}"), "--token", TOKEN])
+        .output()
+        .expect("skipper deploy apply");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("web: succeeded (app running)"), "{stdout}");
+
+    let dir = base.join("acme").join("web");
+    let env = std::fs::read_to_string(dir.join(".env")).unwrap();
+    assert_eq!(env, "GREETING=hello\nSECRET=hunter2\n");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.join(".env"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    let (_, t) = curl(&addr, "GET", "/v1/tenants/acme", None);
+    assert_eq!(t["in_sync"], true, "{t:#}");
+    assert_eq!(
+        t["current"]["web"]["services"][0]["state"], "running",
+        "{t:#}"
+    );
+    assert!(!t.to_string().contains("hunter2"), "{t}");
+    let running = common::docker::docker(&[
+        "ps",
+        "-q",
+        "--filter",
+        "label=com.docker.compose.project=t4-acme-web",
+    ]);
+    assert_eq!(running.lines().count(), 1, "{running}");
+    let greeting = common::docker::docker(&[
+        "inspect",
+        "--format",
+        "{{range .Config.Env}}{{println .}}{{end}}",
+        running.trim(),
+    ]);
+    assert!(greeting.contains("GREETING=hello"), "{greeting}");
+
+    let (code, d) = curl(&addr, "POST", "/v1/deployments/acme/down", None);
+    assert_eq!(code, 202, "{d}");
+    wait_for(60, "the stack to be down", || {
+        let (_, t) = curl(&addr, "GET", "/v1/tenants/acme", None);
+        (t["current"]["web"]["status"] == "succeeded").then_some(())
+    });
+    let left = common::docker::docker(&[
+        "ps",
+        "-aq",
+        "--filter",
+        "label=com.docker.compose.project=t4-acme-web",
+    ]);
+    assert_eq!(left.trim(), "", "down removed the service");
+}

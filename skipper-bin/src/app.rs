@@ -340,6 +340,14 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
         // `--url`: the same command, as requests to a Skipper server.
         return crate::remote::run(&cli).await;
     }
+    if let Command::Deploy(d) = &cli.command
+        && (d.image == "apply" || d.tenant_id.is_some())
+    {
+        anyhow::bail!(
+            "a tenant's compose stacks are applied by a Skipper server through the node's agent: \
+             add --url (or SKIPPER_URL) and --token"
+        );
+    }
     if let Command::Tags(args) = &cli.command {
         // Only the registry: no Docker engine, no store.
         return crate::tags::run(&cli, args).await;

@@ -298,6 +298,10 @@ pub(crate) struct DeployArgs {
     /// Confirm a deploy to a stage with `confirm: true`.
     #[arg(long, short)]
     pub(crate) yes: bool,
+    /// With the image `apply` (`skipper deploy apply --tenant-id acme --url …`): apply this
+    /// tenant's compose stacks on its node, and wait for them.
+    #[arg(long, value_name = "TENANT")]
+    pub(crate) tenant_id: Option<String>,
 }
 
 #[derive(Debug, Args)]

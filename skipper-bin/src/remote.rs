@@ -872,6 +872,9 @@ fn refuse_local_flags(a: &DeployArgs) -> Result<(), Usage> {
 }
 
 async fn deploy(r: &Remote, a: &DeployArgs, json: bool) -> Result<ExitCode> {
+    if let Some(tenant) = tenant_apply(a)? {
+        return apply_tenant(r, tenant, json).await;
+    }
     refuse_local_flags(a)?;
     let mut refused = Refused {
         project: a.project.as_deref(),
@@ -1266,6 +1269,93 @@ impl SseParser {
         }
         out
     }
+}
+
+/// `skipper deploy apply --tenant-id T`: the tenant to apply, if this deploy is that one. A
+/// `--tenant-id` with an image, or `apply` without one, is a usage error.
+fn tenant_apply(a: &crate::cli::DeployArgs) -> Result<Option<&str>> {
+    match (a.image.as_str(), a.tenant_id.as_deref()) {
+        ("apply", Some(t)) => Ok(Some(t)),
+        ("apply", None) => Err(Usage(
+            "`skipper deploy apply` applies a tenant's stacks: give --tenant-id".into(),
+        )
+        .into()),
+        (_, Some(_)) => {
+            Err(Usage("--tenant-id goes with `skipper deploy apply` (no image)".into()).into())
+        }
+        _ => Ok(None),
+    }
+}
+
+/// `skipper deploy apply --tenant-id T`: queue the tenant's stacks, then follow them until each
+/// is answered (succeeded, failed, expired or cancelled), printing each stack's services.
+async fn apply_tenant(r: &Remote, tenant: &str, json: bool) -> Result<ExitCode> {
+    let req = r
+        .request(Method::POST, &["v1", "deployments", tenant, "apply"])
+        .idempotent();
+    let queued = r.json(req).await?;
+    if !json {
+        errln!(
+            "applying tenant {tenant} (generation {}) on node {}: {} stack(s)",
+            queued["generation"],
+            queued["node"].as_str().unwrap_or("?"),
+            queued["orders"].as_object().map_or(0, |o| o.len())
+        );
+    }
+    let deadline = Instant::now() + std::time::Duration::from_secs(30 * 60);
+    let doc = loop {
+        let doc = r.json(r.get(&["v1", "tenants", tenant])).await?;
+        let open = doc["current"].as_object().is_some_and(|c| {
+            c.values()
+                .any(|s| matches!(s["status"].as_str(), Some("queued" | "leased")))
+        });
+        if !open || Instant::now() > deadline {
+            break doc;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    };
+    let stacks = doc["current"].as_object().cloned().unwrap_or_default();
+    let ok = !stacks.is_empty() && stacks.values().all(|s| s["status"] == "succeeded");
+    if json {
+        outln!("{doc}");
+    } else {
+        for (name, s) in &stacks {
+            let services: Vec<String> = s["services"]
+                .as_array()
+                .map(|l| {
+                    l.iter()
+                        .map(|v| {
+                            format!(
+                                "{} {}",
+                                v["service"].as_str().unwrap_or("?"),
+                                v["state"].as_str().unwrap_or("?")
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            outln!(
+                "{name}: {}{}",
+                s["status"].as_str().unwrap_or("?"),
+                if services.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", services.join(", "))
+                }
+            );
+            if s["status"] != "succeeded" {
+                let logs = s["logs"].as_array().cloned().unwrap_or_default();
+                for l in &logs[logs.len().saturating_sub(5)..] {
+                    outln!("  {}", l.as_str().unwrap_or_default());
+                }
+            }
+        }
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 #[cfg(test)]
