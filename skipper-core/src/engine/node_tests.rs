@@ -317,3 +317,33 @@ async fn a_node_that_stays_offline_fails_the_deploy_at_its_deadline() {
     f.nodes.set_reachable("n1", true);
     f.deploy("dev", "v1").await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_node_lost_mid_deploy_fails_in_time_and_reconcile_cleans_up_when_it_returns() {
+    let f = fleet(false).await;
+    f.deploy("dev", "v1").await;
+    let v1 = f.instance("dev").await;
+    // v2's container is made and started, then the node goes away: every later call hangs.
+    for op in [Op::Inspect, Op::Probe, Op::Remove, Op::Stop] {
+        for _ in 0..50 {
+            f.remote.inject(op, crate::testing::Fault::Hang);
+        }
+    }
+    let d = f
+        .engine
+        .deploy(DeployRequest::new("web", "dev", image("v2")))
+        .await
+        .unwrap();
+    assert_eq!(d.status, DeployStatus::Failed, "{d:?}");
+    assert_eq!(d.error.as_ref().unwrap().step, crate::model::Step::Health);
+    assert_eq!(d.error.as_ref().unwrap().kind, ErrorKind::Timeout);
+    // The undo could not reach the node: v2's container is still there, v1 still the stage's.
+    assert_eq!(f.remote.containers().len(), 2);
+    assert_eq!(f.instance("dev").await.id, v1.id);
+    // Back: one reconcile removes what the failed deploy left; v1 serves alone.
+    f.remote.clear_faults();
+    let report = f.engine.reconcile().await.unwrap();
+    assert_eq!(report.removed_containers.len(), 1, "{report:?}");
+    assert_eq!(f.remote.running(), vec![v1.container_id.clone().unwrap()]);
+    assert!(f.engine.reconcile().await.unwrap().is_clean());
+}
