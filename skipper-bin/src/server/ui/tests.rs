@@ -1,0 +1,1 @@
+//! The dashboard through `app(state)` with `oneshot`.
