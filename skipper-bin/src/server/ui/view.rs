@@ -7,13 +7,15 @@ use skipper_core::{DeployStatus, Deployment, Engine, ImageRef, Instance, Instanc
 
 use crate::server::error::ApiResult;
 
-/// A stage's or project's state at a glance.
+/// A stage's or project's state at a glance. A project's is its stages' highest, in this
+/// order: one failing stage makes the project failing; a stage never deployed does not make
+/// it stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Health {
-    /// The serving instance runs.
-    Healthy,
     /// Nothing runs (stopped, or never deployed).
     Stopped,
+    /// The serving instance runs.
+    Healthy,
     /// A deploy is under way.
     Deploying,
     /// The serving instance is gone or exited, or the last deploy failed with nothing running.
