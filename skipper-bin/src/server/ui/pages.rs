@@ -571,6 +571,8 @@ struct DeployPage {
     url: Option<String>,
     digest: Option<String>,
     live: bool,
+    /// Another instance served the stage when the deploy began.
+    had_previous: bool,
 }
 
 /// One deployment: its steps (live while it runs), then the outcome; a failure shows the step,
@@ -618,6 +620,7 @@ pub(crate) async fn deployment(
             url,
             digest: d.digest.clone(),
             live: d.status == DeployStatus::InProgress,
+            had_previous: d.previous_instance.is_some(),
         },
     ))
 }

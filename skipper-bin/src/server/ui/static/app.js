@@ -59,7 +59,7 @@
   function stepItem(s) {
     const li = document.createElement("li");
     li.dataset.n = String(s.n);
-    li.className = s.status;
+    li.className = "step-" + s.status;
     const name = document.createElement("span");
     name.className = "step";
     name.textContent = s.step;
