@@ -1,7 +1,8 @@
 //! The dashboard in a real browser: `skipper serve` on the real Docker engine, driven through
 //! Debian's headless Chromium and chromedriver. Sign in; quick-deploy a test image and watch
 //! the live page reach "succeeded"; stop and start the instance and see its state change
-//! without a reload; a failing deploy shows its cause and the container's last log lines.
+//! without a reload; a failing deploy shows its cause and the container's last log lines; the
+//! webhook URL regenerates.
 //! Screenshots of the main pages go to `$SKIPPER_TEST_SCREENSHOTS` (default
 //! `target/screenshots`; the README's come from `docs/screenshots`).
 //!
@@ -201,6 +202,29 @@ fn run(b: &Browser<'_>, server: &Server, env: &TestEnv, shots: &std::path::Path)
     b.wait(10, "tr[data-status='failed']");
     b.wait(10, "tr[data-status='succeeded']");
     b.screenshot(&shots.join("deploys.png"));
+    // Settings: the webhook URL regenerates (the old one stops working).
+    b.goto(&server.url("/settings"));
+    let value = "return document.getElementById('webhook-url').value";
+    let old = b.exec(value);
+    assert!(
+        old.as_str().unwrap_or_default().contains("/v1/webhook/"),
+        "{old}"
+    );
+    b.click("#regenerate-webhook");
+    assert!(b.accept_dialog().contains("stops working"));
+    wait_for(10, "a new webhook URL", || {
+        (b.exec(value) != old).then_some(())
+    });
+    let (code, _) = common::api::curl(
+        &server.addr,
+        "POST",
+        old.as_str().unwrap().split_once(&server.addr).unwrap().1,
+        Some(serde_json::json!({})),
+        None,
+    );
+    assert_eq!(code, 404, "the old webhook URL is refused");
+    b.screenshot(&shots.join("settings.png"));
+
     // On a phone: one column, nothing cut off.
     b.resize(390, 844);
     b.goto(&server.url("/"));

@@ -4,7 +4,8 @@
 //! makes it live (the event stream, forms answered without a reload).
 //!
 //! Routes: `/login`, `/logout`, `/` (dashboard), `/projects/{name}` (instances, deploy,
-//! rollback, history), `/deploys`, `/deploys/{id}`, `/deploy` (quick deploy), and two event
+//! rollback, history), `/deploys`, `/deploys/{id}`, `/deploy` (quick deploy), `/settings`
+//! (settings, webhook URL, registries), and two event
 //! streams for the script (`/events`, `/deploys/{id}/events`: the `/v1` handlers, behind the
 //! session instead of the token).
 //!
@@ -15,6 +16,7 @@
 
 pub(crate) mod pages;
 pub(crate) mod session;
+pub(crate) mod settings;
 pub(crate) mod view;
 
 #[cfg(test)]
@@ -64,6 +66,21 @@ pub(crate) fn router(state: AppState) -> Router<AppState> {
         .route("/events", get(pages::all_events))
         .route("/deploy", get(pages::quick_form).post(pages::quick_deploy))
         .route("/deploy/inspect", post(pages::quick_inspect))
+        .route("/settings", get(settings::show).post(settings::general))
+        .route(
+            "/settings/webhook/regenerate",
+            post(settings::regenerate_webhook),
+        )
+        .route("/settings/registries", post(settings::add_registry))
+        .route("/settings/registries/{name}", post(settings::edit_registry))
+        .route(
+            "/settings/registries/{name}/delete",
+            post(settings::delete_registry),
+        )
+        .route(
+            "/settings/registries/{name}/test",
+            post(settings::test_registry),
+        )
         .route_layer(from_fn_with_state(state, require_session));
     Router::new()
         .route("/login", get(pages::login_form).post(pages::login))

@@ -24,7 +24,7 @@ use crate::server::{AppState, api, events, extract};
 const TAGS_WAIT: Duration = Duration::from_secs(5);
 
 /// A document the `/v1` handlers take, from JSON (their own validation applies).
-fn doc<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, ApiError> {
+pub(crate) fn doc<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, ApiError> {
     serde_json::from_value(v).map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
@@ -46,7 +46,7 @@ pub(crate) struct Chrome {
 }
 
 impl Chrome {
-    fn new(c: &Current, tab: &'static str) -> Self {
+    pub(crate) fn new(c: &Current, tab: &'static str) -> Self {
         Self {
             csrf: c.csrf.clone(),
             tab,

@@ -864,3 +864,140 @@ async fn quick_deploy_inspects_then_deploys() {
     assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
     assert!(r.text.contains("deploys"), "{}", r.text);
 }
+
+#[tokio::test(start_paused = true)]
+async fn settings_show_and_change_what_can_change() {
+    let t = harness().await;
+    let stranger = t.get("/settings", None).await;
+    assert_eq!(stranger.location(), "/login?next=%2Fsettings");
+    let b = t.sign_in().await;
+    let page = t.get("/settings", Some(&b)).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+    assert!(page.text.contains("Subdomain pattern"));
+    let url = page.text[page.text.find("id=\"webhook-url\"").unwrap()..]
+        .split("value=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert!(
+        url.starts_with("http://127.0.0.1:8080/v1/webhook/"),
+        "{url}"
+    );
+    // Regenerate: a new URL, the old one gone.
+    let r = t.submit("/settings/webhook/regenerate", &b, &[]).await;
+    assert_eq!(
+        (r.status, r.location()),
+        (StatusCode::SEE_OTHER, "/settings#webhook")
+    );
+    let page = t.get("/settings", Some(&b)).await;
+    assert!(!page.text.contains(&url));
+    // auto_create is a checkbox.
+    assert!(!t.state.auto_create());
+    t.submit("/settings", &b, &[("auto_create", "on")]).await;
+    assert!(t.state.auto_create());
+    t.submit("/settings", &b, &[]).await;
+    assert!(!t.state.auto_create());
+    // Every settings form refuses a foreign token.
+    for path in [
+        "/settings",
+        "/settings/webhook/regenerate",
+        "/settings/registries",
+        "/settings/registries/ghcr",
+        "/settings/registries/ghcr/delete",
+        "/settings/registries/ghcr/test",
+    ] {
+        let r = t.post(path, Some(&b), &[("csrf", "nope")]).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{path}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn registries_are_added_edited_and_deleted_their_tokens_never_shown() {
+    let t = harness().await;
+    let b = t.sign_in().await;
+    // A bad URL: the error next to its field, what was typed kept (escaped), no entry.
+    let r = t
+        .submit(
+            "/settings/registries",
+            &b,
+            &[
+                ("name", "ghcr"),
+                ("url", "<nope>"),
+                ("type", "ghcr"),
+                ("token", "s3cret"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+    assert!(r.text.contains("id=\"reg-url-error\""), "{}", r.text);
+    assert!(r.text.contains("value=\"&#60;nope&#62;\""));
+    assert!(!r.text.contains("s3cret"), "a token is never sent back");
+    // Added: its token shown only as ••••.
+    let r = t
+        .submit(
+            "/settings/registries",
+            &b,
+            &[
+                ("name", "ghcr"),
+                ("url", "https://ghcr.io"),
+                ("type", "ghcr"),
+                ("username", "bot"),
+                ("token", "s3cret"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text);
+    let page = t.get("/settings", Some(&b)).await;
+    assert!(page.text.contains("id=\"registry-ghcr\""));
+    assert!(
+        page.text.contains("token <span class=\"mono\">••••</span>"),
+        "{}",
+        page.text
+    );
+    assert!(!page.text.contains("s3cret"));
+    // A second with the same name is a conflict.
+    let r = t
+        .submit(
+            "/settings/registries",
+            &b,
+            &[
+                ("name", "ghcr"),
+                ("url", "https://ghcr.io"),
+                ("type", "ghcr"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    // Edited.
+    let r = t
+        .submit(
+            "/settings/registries/ghcr",
+            &b,
+            &[
+                ("url", "https://ghcr.example"),
+                ("type", "ghcr"),
+                ("username", "robot"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text);
+    let page = t.get("/settings", Some(&b)).await;
+    assert!(page.text.contains("https://ghcr.example"));
+    assert!(page.text.contains(">robot<"));
+    assert!(
+        page.text.contains("••••"),
+        "an empty token field keeps the stored token"
+    );
+    // Test connection to a registry that is not there: the reason, at the top.
+    let r = t.submit("/settings/registries/nope/test", &b, &[]).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert!(r.text.contains("no registry"));
+    // Deleted.
+    let r = t.submit("/settings/registries/ghcr/delete", &b, &[]).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    let page = t.get("/settings", Some(&b)).await;
+    assert!(!page.text.contains("id=\"registry-ghcr\""));
+}

@@ -5,6 +5,7 @@
 //    they happen; on "done", re-render the region to show the outcome.
 //  - form[data-confirm]: ask first. form[data-fetch]: submit without leaving the page, then
 //    show the page the server answered with. form[data-busy]: say what is happening.
+//  - button[data-copy]: copy a field (the webhook URL).
 // Everything the server sends is put in as text or as the server's own escaped HTML.
 "use strict";
 (function () {
@@ -134,6 +135,25 @@
       })
       .then((html) => { if (html !== null && !swap(html)) location.reload(); })
       .catch(() => location.reload());
+  });
+
+  // button[data-copy=<id>]: copy that field's value.
+  document.addEventListener("click", (e) => {
+    const button = e.target instanceof Element ? e.target.closest("button[data-copy]") : null;
+    if (!button) return;
+    const field = document.getElementById(button.dataset.copy);
+    if (!field) return;
+    const done = () => {
+      button.textContent = "Copied";
+      setTimeout(() => { button.textContent = "Copy"; }, 2000);
+    };
+    field.select();
+    if (navigator.clipboard && window.isSecureContext) {
+      navigator.clipboard.writeText(field.value).then(done, () => { document.execCommand("copy"); done(); });
+    } else {
+      document.execCommand("copy");
+      done();
+    }
   });
 
   connect();
