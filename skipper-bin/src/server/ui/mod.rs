@@ -5,7 +5,8 @@
 //!
 //! Routes: `/login`, `/logout`, `/` (dashboard), `/projects/{name}` (instances, deploy,
 //! rollback, history), `/deploys`, `/deploys/{id}`, `/deploy` (quick deploy), `/settings`
-//! (settings, webhook URL, registries), and two event
+//! (settings, webhook URL, registries), `/projects/new` and `/projects/{name}/edit` (projects
+//! and stages), `/config/export` and `/config/import` (YAML), and two event
 //! streams for the script (`/events`, `/deploys/{id}/events`: the `/v1` handlers, behind the
 //! session instead of the token).
 //!
@@ -14,6 +15,7 @@
 //! behind TLS) made from the admin token; every POST carries the session's CSRF token, checked
 //! in one place ([`require_session`]) before any handler runs.
 
+pub(crate) mod config;
 pub(crate) mod pages;
 pub(crate) mod session;
 pub(crate) mod settings;
@@ -48,6 +50,26 @@ pub(crate) fn router(state: AppState) -> Router<AppState> {
         .route("/", get(pages::dashboard))
         .route("/logout", post(pages::logout))
         .route("/projects/{project}", get(pages::project))
+        .route("/projects/new", get(config::new_form).post(config::create))
+        .route(
+            "/projects/{project}/edit",
+            get(config::edit_form).post(config::update),
+        )
+        .route("/projects/{project}/delete", post(config::delete))
+        .route("/projects/{project}/stages", post(config::add_stage))
+        .route(
+            "/projects/{project}/stages/{stage}/edit",
+            post(config::update_stage),
+        )
+        .route(
+            "/projects/{project}/stages/{stage}/delete",
+            post(config::delete_stage),
+        )
+        .route("/config/export", get(config::export))
+        .route(
+            "/config/import",
+            get(config::import_form).post(config::import),
+        )
         .route(
             "/projects/{project}/stages/{stage}/deploy",
             post(pages::deploy),

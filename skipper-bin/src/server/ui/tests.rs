@@ -1001,3 +1001,199 @@ async fn registries_are_added_edited_and_deleted_their_tokens_never_shown() {
     let page = t.get("/settings", Some(&b)).await;
     assert!(!page.text.contains("id=\"registry-ghcr\""));
 }
+
+#[tokio::test(start_paused = true)]
+async fn projects_and_stages_are_made_edited_and_deleted_with_errors_at_their_fields() {
+    let t = harness().await;
+    let b = t.sign_in().await;
+    let form = t.get("/projects/new", Some(&b)).await;
+    assert_eq!(form.status, StatusCode::OK);
+    assert!(form.text.contains("name=\"stage_tag_pattern\""));
+    // A bad image: refused, the message next to the image field, the input kept.
+    let bad = [
+        ("name", "shop"),
+        ("image", "Not An Image!"),
+        ("port", "8080"),
+        ("stage_name", "dev"),
+        ("stage_tag_pattern", "*"),
+    ];
+    let r = t.submit("/projects/new", &b, &bad).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+    assert!(r.text.contains("id=\"image-error\""), "{}", r.text);
+    assert!(r.text.contains("value=\"Not An Image!\""));
+    // A port that is no number.
+    let r = t
+        .submit(
+            "/projects/new",
+            &b,
+            &[("name", "shop"), ("image", REPO), ("port", "http")],
+        )
+        .await;
+    assert!(r.text.contains("id=\"port-error\""), "{}", r.text);
+    // Made, with its first stage and an env line.
+    let good = [
+        ("name", "shop"),
+        ("image", REPO),
+        ("port", "8080"),
+        ("health_path", "/health"),
+        ("env", "MODE=demo"),
+        ("labels", "team=<b>web</b>"),
+        ("stage_name", "dev"),
+        ("stage_tag_pattern", "*"),
+        ("stage_max_instances", "2"),
+    ];
+    let r = t.submit("/projects/new", &b, &good).await;
+    assert_eq!(
+        (r.status, r.location()),
+        (StatusCode::SEE_OTHER, "/projects/shop"),
+        "{}",
+        r.text
+    );
+    let p = t.state.engine.project("shop").await.unwrap();
+    assert_eq!(p.env["MODE"], "demo");
+    assert_eq!(p.stages["dev"].max_instances, 2);
+    // Again: a conflict, said at the top.
+    let r = t.submit("/projects/new", &b, &good).await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    // The edit form shows every field (escaped) and edits keep what it does not show.
+    let edit = t.get("/projects/shop/edit", Some(&b)).await;
+    assert_eq!(edit.status, StatusCode::OK);
+    assert!(
+        edit.text.contains("team=&#60;b&#62;web&#60;/b&#62;"),
+        "{}",
+        edit.text
+    );
+    let r = t
+        .submit(
+            "/projects/shop/edit",
+            &b,
+            &[
+                ("image", REPO),
+                ("port", "9090"),
+                ("health_path", "/up"),
+                ("health_deadline", "30s"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text);
+    let p = t.state.engine.project("shop").await.unwrap();
+    assert_eq!(p.port, Some(9090));
+    assert_eq!(p.health.path.as_deref(), Some("/up"));
+    assert_eq!(p.health.deadline, Duration::from_secs(30));
+    assert!(p.stages.contains_key("dev"), "the stages are kept");
+    // Stages: add one whose promote_from names no stage (refused at that field), then a good
+    // one; edit it; delete it.
+    let r = t
+        .submit(
+            "/projects/shop/stages",
+            &b,
+            &[
+                ("stage_name", "prod"),
+                ("stage_tag_pattern", "v*"),
+                ("stage_promote_from", "nope"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+    assert!(r.text.contains("class=\"field-error\""), "{}", r.text);
+    let r = t
+        .submit(
+            "/projects/shop/stages",
+            &b,
+            &[
+                ("stage_name", "prod"),
+                ("stage_tag_pattern", "v*"),
+                ("stage_promote_from", "dev"),
+                ("stage_confirm", "on"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text);
+    let p = t.state.engine.project("shop").await.unwrap();
+    assert!(p.stages["prod"].confirm);
+    assert_eq!(p.stages["prod"].promote_from.as_deref(), Some("dev"));
+    let r = t
+        .submit(
+            "/projects/shop/stages/prod/edit",
+            &b,
+            &[
+                ("stage_tag_pattern", "release-*"),
+                ("stage_promote_from", "dev"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text);
+    let p = t.state.engine.project("shop").await.unwrap();
+    assert_eq!(p.stages["prod"].tag_pattern, "release-*");
+    assert!(!p.stages["prod"].confirm, "an unticked box is false");
+    let r = t.submit("/projects/shop/stages/prod/delete", &b, &[]).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert!(
+        !t.state
+            .engine
+            .project("shop")
+            .await
+            .unwrap()
+            .stages
+            .contains_key("prod")
+    );
+    // Export, import.
+    let y = t.get("/config/export", Some(&b)).await;
+    assert_eq!(y.status, StatusCode::OK);
+    assert!(
+        y.headers[header::CONTENT_DISPOSITION]
+            .to_str()
+            .unwrap()
+            .contains("skipper.yaml")
+    );
+    assert!(y.text.contains("shop:"), "{}", y.text);
+    let renamed = y.text.replace("shop:", "shop2:");
+    let r = t.submit("/config/import", &b, &[("yaml", &renamed)]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert!(r.text.contains("Imported shop2"), "{}", r.text);
+    let r = t
+        .submit("/config/import", &b, &[("yaml", "projects: [<oops>")])
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+    assert!(
+        r.text.contains("&#60;oops&#62;"),
+        "the document is kept, escaped"
+    );
+    // Delete the project.
+    let r = t.submit("/projects/shop2/delete", &b, &[]).await;
+    assert_eq!((r.status, r.location()), (StatusCode::SEE_OTHER, "/"));
+    assert!(
+        t.state
+            .engine
+            .store()
+            .get_project("shop2")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    for path in [
+        "/projects/new",
+        "/projects/shop/edit",
+        "/projects/shop/delete",
+        "/projects/shop/stages",
+        "/projects/shop/stages/dev/edit",
+        "/projects/shop/stages/dev/delete",
+        "/config/import",
+    ] {
+        let r = t.post(path, Some(&b), &[("csrf", "nope")]).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{path}");
+    }
+    assert!(
+        t.state
+            .engine
+            .store()
+            .get_project("shop")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(
+        t.get("/config/export", None).await.status,
+        StatusCode::SEE_OTHER
+    );
+}

@@ -3,7 +3,7 @@
 //    page's #live region when something happens (fetch the page again, swap the region).
 //  - body[data-live="deploy:<id>"]: list the deployment's steps from /deploys/<id>/events as
 //    they happen; on "done", re-render the region to show the outcome.
-//  - form[data-confirm]: ask first. form[data-fetch]: submit without leaving the page, then
+//  - form[data-confirm] (or its submit button's): ask first. form[data-fetch]: submit without leaving the page, then
 //    show the page the server answered with. form[data-busy]: say what is happening.
 //  - button[data-copy]: copy a field (the webhook URL).
 // Everything the server sends is put in as text or as the server's own escaped HTML.
@@ -108,7 +108,8 @@
   document.addEventListener("submit", (e) => {
     const form = e.target;
     if (!(form instanceof HTMLFormElement)) return;
-    if (form.dataset.confirm && !window.confirm(form.dataset.confirm)) {
+    const ask = (e.submitter && e.submitter.dataset.confirm) || form.dataset.confirm;
+    if (ask && !window.confirm(ask)) {
       e.preventDefault();
       return;
     }
