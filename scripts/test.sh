@@ -4,7 +4,9 @@
 #   scripts/test.sh
 #
 # 1. scripts/test-env.sh installs what the real-engine tests need (Debian's busybox-static,
-#    docker-registry, apache2-utils), builds the test images and starts two local registries.
+#    docker-registry, apache2-utils), builds the test images and starts two local registries;
+#    scripts/browser.sh installs Debian's chromium and chromium-driver for the dashboard's
+#    browser test (tests/dashboard_browser.rs).
 # 2. cargo test runs the unit, property, mock (wiremock) and fake-backend tests.
 # 3. cargo test -- --ignored runs the tests marked #[ignore = "needs docker engine"] against the
 #    real engine and registries, one at a time. Here a missing engine or test environment fails
@@ -16,6 +18,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 export SKIPPER_TEST_STRICT=1
 scripts/test-env.sh
+scripts/browser.sh
 cargo build -p skipper-bin --bin skipper --bin skippy
 cargo test --workspace --all-features
 cargo test --workspace --all-features -- --ignored --test-threads=1

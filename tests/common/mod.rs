@@ -9,6 +9,7 @@
 //! - [`http`]: tiny HTTP GETs of the apps the tests deploy
 //! - [`api`]: a free port, waiting for a condition, and curl calls of `skipper serve`'s API
 //! - [`load`]: a load checker that never retries (also `examples/loadcheck.rs`)
+//! - [`webdriver`]: a small WebDriver client, for the dashboard in headless Chromium
 //! - [`KillOnDrop`]: a child process that does not outlive its test
 
 use std::process::Child;
@@ -36,6 +37,8 @@ pub(crate) mod http;
     reason = "only caddy_real (and examples/loadcheck) put load on a proxy"
 )]
 pub(crate) mod load;
+#[allow(dead_code, reason = "only dashboard_browser drives a browser")]
+pub(crate) mod webdriver;
 
 use env::TestEnv;
 

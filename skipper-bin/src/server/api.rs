@@ -354,7 +354,7 @@ pub(crate) enum PullBody {
 pub(crate) struct WaitQuery {
     /// Answer when the deploy ends (200, succeeded or failed) instead of at once (202).
     #[serde(default)]
-    wait: bool,
+    pub(crate) wait: bool,
 }
 
 fn correlation(headers: &HeaderMap) -> Option<String> {

@@ -19,6 +19,7 @@ pub(crate) mod registries;
 pub(crate) mod remote_runtime;
 pub(crate) mod schema;
 pub(crate) mod tenants;
+pub(crate) mod ui;
 pub(crate) mod webhook;
 
 #[cfg(test)]
@@ -76,6 +77,8 @@ pub(crate) struct AppState {
     pub(crate) nodes: Arc<nodes::Nodes>,
     /// Request ids of signed agent requests seen inside the window (replays are refused).
     pub(crate) nonces: Arc<crate::proto::Nonces>,
+    /// The dashboard's signed-in sessions (in memory: a restart signs everyone out).
+    pub(crate) sessions: Arc<ui::session::Sessions>,
 }
 
 impl AppState {
@@ -275,6 +278,7 @@ pub(crate) fn app(state: AppState) -> Router {
     Router::new()
         .merge(public)
         .merge(protected)
+        .merge(ui::router(state.clone()))
         .route(
             "/v1/openapi.json",
             get(move || {
@@ -449,6 +453,7 @@ pub(crate) async fn state(
             public_url,
             nodes,
             nonces: Arc::new(crate::proto::Nonces::default()),
+            sessions: Arc::new(ui::session::Sessions::default()),
         },
         made,
     ))
