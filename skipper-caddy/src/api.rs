@@ -60,9 +60,32 @@ pub(crate) fn upstreams(upstream: &Upstream) -> Value {
     json!([{ "dial": dial }])
 }
 
-/// The route Skipper wants for `route`: a host matcher, one `reverse_proxy` handler with an
-/// `@id` of its own, terminal. Websockets need nothing (Caddy proxies upgrades as they come);
-/// the NPM-only options (certificates by id, access lists, `advanced_config`) do not apply.
+/// The handler that goes before the proxy in each of Skipper's routes: while the server that
+/// answers is shutting down (`{http.shutting_down}`: during the HTTP app's `shutdown_delay`,
+/// after a config change replaced it), the answer says `Connection: close`.
+///
+/// Why: every change of Caddy's config starts new servers and shuts the old ones down (Go's
+/// `http.Server.Shutdown`), which closes each kept-alive connection at once, also one whose
+/// client is sending its next request at that moment: that request is lost (Go's own words:
+/// "such is life with HTTP/1.1"). With this handler, the old server first tells every client it
+/// answers during the delay to close, so the client opens a new connection for its next
+/// request (to the new server) and nothing is in flight when the old server closes. Caddy 2.6
+/// (Debian bookworm's) applies `shutdown_delay` on every config change; Caddy 2.7 and later
+/// only when a listener really closes (on exit), so there it helps only at exit.
+pub(crate) fn close_while_shutting_down() -> Value {
+    json!({
+        "handler": "subroute",
+        "routes": [{
+            "match": [{ "vars": { "{http.shutting_down}": ["true"] } }],
+            "handle": [{ "handler": "headers", "response": { "set": { "Connection": ["close"] } } }],
+        }],
+    })
+}
+
+/// The route Skipper wants for `route`: a host matcher, [`close_while_shutting_down`], one
+/// `reverse_proxy` handler with an `@id` of its own, terminal. Websockets need nothing (Caddy
+/// proxies upgrades as they come); the NPM-only options (certificates by id, access lists,
+/// `advanced_config`) do not apply.
 pub(crate) fn desired_route(route: &Route) -> Value {
     let domain = route.domain.to_ascii_lowercase();
     let mut handler = json!({
@@ -76,7 +99,7 @@ pub(crate) fn desired_route(route: &Route) -> Value {
     json!({
         "@id": route_id(&domain),
         "match": [{ "host": [domain] }],
-        "handle": [handler],
+        "handle": [close_while_shutting_down(), handler],
         "terminal": true,
     })
 }
@@ -122,6 +145,17 @@ pub(crate) fn serves_only(route: &Value, domain: &str) -> bool {
         }
         _ => false,
     }
+}
+
+/// The `upstreams` of the proxy handler of Skipper's route for `domain`, if it has one.
+pub(crate) fn proxy_upstreams<'a>(route: &'a Value, domain: &str) -> Option<&'a Value> {
+    let want = proxy_id(domain);
+    route
+        .get("handle")?
+        .as_array()?
+        .iter()
+        .find(|h| id_of(h) == Some(want.as_str()))?
+        .get("upstreams")
 }
 
 /// `route` with its proxy handler's upstreams replaced by `upstreams`, if it has that handler.
@@ -242,7 +276,9 @@ mod tests {
     fn only_the_upstreams_change_in_a_switch() {
         let a = desired_route(&route("a.localhost", "http", "127.0.0.1", 1));
         let b = desired_route(&route("a.localhost", "http", "127.0.0.1", 2));
-        let switched = with_upstreams(&a, "a.localhost", &b["handle"][0]["upstreams"]).unwrap();
+        let ups = proxy_upstreams(&b, "a.localhost").unwrap();
+        assert_eq!(ups, &json!([{ "dial": "127.0.0.1:2" }]));
+        let switched = with_upstreams(&a, "a.localhost", ups).unwrap();
         assert_eq!(switched, b);
     }
 

@@ -12,8 +12,8 @@ use tracing::{debug, info, warn};
 use url::Url;
 
 use crate::api::{
-    desired_route, etag, id_of, is_skippers, parse_route, proxy_id, route_id, route_problem,
-    serves, serves_only, with_upstreams,
+    desired_route, etag, id_of, is_skippers, parse_route, proxy_id, proxy_upstreams, route_id,
+    route_problem, serves, serves_only, with_upstreams,
 };
 use crate::config::CaddyConfig;
 use crate::error::{CaddyError, Result};
@@ -247,7 +247,7 @@ impl CaddyClient {
             if current == desired {
                 return Ok(None);
             }
-            let wanted = &desired["handle"][0]["upstreams"];
+            let wanted = proxy_upstreams(desired, domain).unwrap_or(&Value::Null);
             if with_upstreams(current, domain, wanted).as_ref() == Some(desired) {
                 return Ok(Some(Change::Upstreams(wanted.clone())));
             }
@@ -360,7 +360,10 @@ impl CaddyClient {
         let grace = format!("{}ms", self.config.grace_period.as_millis());
         let name = self.config.server.as_str();
         let servers = json!({ name: server.clone() });
-        let http = json!({ "grace_period": grace, "servers": servers.clone() });
+        let mut http = json!({ "grace_period": grace, "servers": servers.clone() });
+        if !self.config.shutdown_delay.is_zero() {
+            http["shutdown_delay"] = format!("{}ms", self.config.shutdown_delay.as_millis()).into();
+        }
         let apps = json!({ "http": http.clone() });
         let at = |v: &Value, key: &str| v.get(key).filter(|v| !v.is_null()).cloned();
         let (method, path, body) = match at(&root.value, "apps") {
@@ -377,6 +380,14 @@ impl CaddyClient {
                              every open connection; set apps.http.grace_period"
                         );
                     }
+                    if h.get("shutdown_delay").is_none() && !self.config.shutdown_delay.is_zero() {
+                        warn!(
+                            "Caddy's HTTP app has no shutdown_delay: on Caddy 2.6 a config change \
+                             can cut a request on a kept-alive connection; set \
+                             apps.http.shutdown_delay (Skipper uses {:?})",
+                            self.config.shutdown_delay
+                        );
+                    }
                     match at(&h, "servers") {
                         None => (Method::PUT, "/config/apps/http/servers".to_owned(), servers),
                         Some(_) => (Method::PUT, self.server_path(), server),
@@ -385,6 +396,13 @@ impl CaddyClient {
             },
         };
         info!(server = name, listen = %self.config.listen, "creating the HTTP server for Skipper's routes in Caddy");
+        if self.admin_is_local() && tcp_migrate_req_off() {
+            warn!(
+                "net.ipv4.tcp_migrate_req is 0 on this host: each Caddy config change can reset \
+                 a few new connections (the old listener's queue); `sysctl -w \
+                 net.ipv4.tcp_migrate_req=1` hands them to the new listener"
+            );
+        }
         match self.change(method, &path, &body, &root.etag, name).await {
             Ok(()) => Ok(()),
             // Someone (maybe an earlier attempt whose answer was lost) made it meanwhile: the
@@ -394,6 +412,17 @@ impl CaddyClient {
                 Ok(())
             }
             Err(err) => Err(err),
+        }
+    }
+
+    /// Whether the admin API is on a loopback address, so Caddy runs on this host (and this
+    /// host's kernel settings are Caddy's).
+    fn admin_is_local(&self) -> bool {
+        match self.base.host() {
+            Some(url::Host::Domain(d)) => d == "localhost",
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            None => false,
         }
     }
 
@@ -512,6 +541,14 @@ impl ProxyManager for CaddyClient {
     async fn list_routes(&self) -> skipper_core::Result<Vec<Route>> {
         Ok(self.routes().await?)
     }
+}
+
+/// Whether Linux's `net.ipv4.tcp_migrate_req` is known to be 0. Caddy opens a new listener for
+/// every config change (`SO_REUSEPORT`) and closes the old one; connections the kernel had
+/// queued on the old one are reset unless this setting (Linux 5.14 and later) hands them to
+/// the new one. A read of procfs, which never blocks.
+fn tcp_migrate_req_off() -> bool {
+    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req").is_ok_and(|v| v.trim() == "0")
 }
 
 /// The server's `routes` (none when it has none, or no server).

@@ -20,6 +20,12 @@ pub struct CaddyConfig {
     /// lets in-flight requests finish on the old config (Caddy's default, 0, waits forever).
     /// Default 10 s.
     pub grace_period: Duration,
+    /// `apps.http.shutdown_delay` when Skipper creates the HTTP app: how long a server a config
+    /// change replaced keeps answering (each answer with `Connection: close`, see the crate
+    /// docs) before it shuts down. On Caddy 2.6 this is what lets a switch lose no request on a
+    /// kept-alive connection; each config change then takes this long to answer. Default 300 ms;
+    /// zero leaves it out.
+    pub shutdown_delay: Duration,
     /// Time limit for each admin request. Default 30 s (a change reloads the whole config).
     pub timeout: Duration,
 }
@@ -32,6 +38,7 @@ impl CaddyConfig {
             server: "srv0".into(),
             listen: ":80".into(),
             grace_period: Duration::from_secs(10),
+            shutdown_delay: Duration::from_millis(300),
             timeout: Duration::from_secs(30),
         }
     }

@@ -38,13 +38,29 @@ fn skippers(port: u16) -> Value {
     json!({
         "@id": format!("skipper-route-{DOMAIN}"),
         "match": [{"host": [DOMAIN]}],
-        "handle": [{
-            "@id": format!("skipper-proxy-{DOMAIN}"),
-            "handler": "reverse_proxy",
-            "upstreams": [{"dial": format!("127.0.0.1:{port}")}],
-        }],
+        "handle": [
+            {
+                "handler": "subroute",
+                "routes": [{
+                    "match": [{"vars": {"{http.shutting_down}": ["true"]}}],
+                    "handle": [{"handler": "headers", "response": {"set": {"Connection": ["close"]}}}],
+                }],
+            },
+            {
+                "@id": format!("skipper-proxy-{DOMAIN}"),
+                "handler": "reverse_proxy",
+                "upstreams": [{"dial": format!("127.0.0.1:{port}")}],
+            },
+        ],
         "terminal": true,
     })
+}
+
+/// Skipper's route as an earlier Skipper wrote it (no `Connection: close` while shutting down).
+fn skippers_before_close(port: u16) -> Value {
+    let mut r = skippers(port);
+    r["handle"] = json!([r["handle"][1].clone()]);
+    r
 }
 
 fn by_hand(host: &str) -> Value {
@@ -154,6 +170,7 @@ async fn an_empty_config_gets_the_server_then_the_route() {
         .and(header("if-match", root_tag.as_str()))
         .and(body_json(json!({"http": {
             "grace_period": "10000ms",
+            "shutdown_delay": "300ms",
             "servers": {"srv0": created_with_https_off},
         }})))
         .respond_with(ResponseTemplate::new(200))
@@ -215,6 +232,28 @@ async fn a_route_that_differs_in_more_is_replaced_in_place_by_id() {
         .mount(&caddy)
         .await;
     client(&caddy).ensure_route(&route(1)).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_route_of_an_earlier_skipper_gets_the_close_handler_with_its_switch() {
+    // One PATCH of the whole route: the switch and the new shape in one config change.
+    let caddy = MockServer::start().await;
+    let tag = serve(
+        &caddy,
+        SERVER,
+        &server_with(json!([skippers_before_close(1)])),
+    )
+    .await;
+    Mock::given(method("PATCH"))
+        .and(path(format!("/id/skipper-route-{DOMAIN}")))
+        .and(header("if-match", tag.as_str()))
+        .and(body_json(skippers(2)))
+        .respond_with(ResponseTemplate::new(200))
+        .expect(1)
+        .mount(&caddy)
+        .await;
+    client(&caddy).ensure_route(&route(2)).await.unwrap();
+    assert_eq!(changes(&caddy).await.len(), 1);
 }
 
 #[tokio::test]
@@ -451,6 +490,7 @@ async fn a_caddy_with_no_config_at_all_gets_the_app_posted_at_the_root() {
         .and(header("if-match", root_tag.as_str()))
         .and(body_json(json!({"apps": {"http": {
             "grace_period": "10000ms",
+            "shutdown_delay": "300ms",
             "servers": {"srv0": {"listen": [":80"], "routes": []}},
         }}})))
         .respond_with(ResponseTemplate::new(200))

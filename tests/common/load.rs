@@ -4,6 +4,18 @@
 //! version that answered), another status, or what went wrong on the wire. A failed request is
 //! never sent again; a kept-alive worker opens a new connection for its *next* request.
 //!
+//! **The one rule for kept-alive connections.** Before a request is written on a connection
+//! kept from an earlier request, the worker looks at it without blocking (a non-blocking
+//! `peek`): when the server has already closed it (end of stream, a reset) or sent something
+//! unasked, the connection is dropped and this request goes on a new connection. Nothing was
+//! written, so this is not a retry: it is what a real client does (hyper's pool drops a
+//! connection once it has seen the server close it, browsers likewise), and a checker that
+//! wrote into a connection the server had already closed would count a failure no real client
+//! sees. These drops are counted ([`Summary::stale_dropped`]). Every request that *was* written
+//! and got no whole answer (reset, closed, timeout) is a failure, whatever the reason; in
+//! particular a server that closes a kept-alive connection while a request is on its way (the
+//! race HTTP/1.1 leaves open, RFC 9112 §9.6) costs a failure here.
+//!
 //! Used by `tests/caddy_real.rs` and by `examples/loadcheck.rs` (the same file, by `#[path]`).
 
 use std::collections::BTreeMap;
@@ -12,7 +24,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// What to load and how.
 #[derive(Debug, Clone)]
@@ -82,12 +94,18 @@ pub(crate) struct Sample {
     pub(crate) at: Duration,
     pub(crate) conn: Conn,
     pub(crate) outcome: Outcome,
+    /// A kept-alive request that went on a new connection because the kept one was seen closed
+    /// by the server before anything was written (see the module docs).
+    pub(crate) dropped_stale: bool,
+    /// The request went on a kept connection that had carried an earlier request.
+    pub(crate) reused: bool,
 }
 
 /// A running load; [`Load::finish`] stops it and hands back every sample.
 pub(crate) struct Load {
     stop: Arc<AtomicBool>,
     workers: Vec<JoinHandle<Vec<Sample>>>,
+    started: SystemTime,
 }
 
 impl Load {
@@ -96,6 +114,7 @@ impl Load {
         let stop = Arc::new(AtomicBool::new(false));
         let sent = Arc::new(AtomicUsize::new(0));
         let started = Instant::now();
+        let wall = SystemTime::now();
         let kinds = std::iter::repeat_n(Conn::Fresh, settings.fresh)
             .chain(std::iter::repeat_n(Conn::Kept, settings.kept));
         let workers = kinds
@@ -104,7 +123,16 @@ impl Load {
                 std::thread::spawn(move || worker(&s, conn, &stop, &sent, started))
             })
             .collect();
-        Self { stop, workers }
+        Self {
+            stop,
+            workers,
+            started: wall,
+        }
+    }
+
+    /// When the load started (the samples' `at` counts from here).
+    pub(crate) fn started(&self) -> SystemTime {
+        self.started
     }
 
     /// Whether every worker has stopped by itself (`max_requests` reached).
@@ -141,13 +169,22 @@ fn worker(
             break;
         }
         let at = started.elapsed();
+        let mut dropped_stale = false;
+        let mut reused_conn = false;
         let outcome = match conn {
             Conn::Fresh => match connect(s) {
                 Ok(mut stream) => exchange(&mut stream, s, true).0,
                 Err(e) => classify(&e),
             },
             Conn::Kept => {
-                let stream = match kept.take() {
+                // A kept connection the server has closed meanwhile is dropped before anything
+                // is written on it (see the module docs).
+                let reused = kept.take();
+                dropped_stale = reused.is_some();
+                let reused = reused.filter(still_open);
+                dropped_stale &= reused.is_none();
+                reused_conn = reused.is_some();
+                let stream = match reused {
                     Some(stream) => Ok(stream),
                     None => connect(s),
                 };
@@ -163,9 +200,27 @@ fn worker(
                 }
             }
         };
-        samples.push(Sample { at, conn, outcome });
+        samples.push(Sample {
+            at,
+            conn,
+            outcome,
+            dropped_stale,
+            reused: reused_conn,
+        });
     }
     samples
+}
+
+/// Whether a kept connection can carry a request: a non-blocking peek finds nothing to read
+/// (`WouldBlock`). End of stream or an error means the server closed it; bytes it sent unasked
+/// (a 408 before closing) make it unusable too. Nothing is written.
+fn still_open(stream: &TcpStream) -> bool {
+    if stream.set_nonblocking(true).is_err() {
+        return false;
+    }
+    let mut byte = [0u8; 1];
+    let open = matches!(stream.peek(&mut byte), Err(e) if e.kind() == ErrorKind::WouldBlock);
+    open && stream.set_nonblocking(false).is_ok()
 }
 
 fn connect(s: &LoadSettings) -> std::io::Result<TcpStream> {
@@ -264,6 +319,9 @@ pub(crate) struct Summary {
     pub(crate) last_first_at: Option<Duration>,
     /// Answers of the first version sent after another version had answered.
     pub(crate) first_after_switch: usize,
+    /// Kept connections dropped before a request because the server had closed them (not
+    /// failures, nothing was sent; see the module docs).
+    pub(crate) stale_dropped: usize,
     /// How long the run took (the last request's start).
     pub(crate) duration: Duration,
 }
@@ -277,6 +335,7 @@ impl Summary {
         };
         for sample in samples {
             s.duration = s.duration.max(sample.at);
+            s.stale_dropped += usize::from(sample.dropped_stale);
             match &sample.outcome {
                 Outcome::Answer(body) => {
                     *s.versions.entry(body.clone()).or_default() += 1;
@@ -316,11 +375,18 @@ impl Summary {
             .sum()
     }
 
+    /// How much later than the switch the first version last answered (`None` when it never
+    /// answered after the switch, or there was no switch): compare with the drain.
+    pub(crate) fn first_last_after_switch(&self) -> Option<Duration> {
+        let (switched, last) = (self.switched_at?, self.last_first_at?);
+        last.checked_sub(switched).filter(|d| !d.is_zero())
+    }
+
     /// One line for people.
     pub(crate) fn line(&self) -> String {
         let ms = |d: Option<Duration>| d.map_or("-".into(), |d| format!("{} ms", d.as_millis()));
         format!(
-            "{} requests in {:.1} s, {} failed {:?}; answers {:?}; switched at {}, first version last at {}, {} first-version answers after the switch",
+            "{} requests in {:.1} s, {} failed {:?}; answers {:?}; switched at {}, first version last at {}, {} first-version answers after the switch; {} closed kept-alive connections dropped before a request",
             self.requests,
             self.duration.as_secs_f64(),
             self.failures,
@@ -328,7 +394,8 @@ impl Summary {
             self.versions,
             ms(self.switched_at),
             ms(self.last_first_at),
-            self.first_after_switch
+            self.first_after_switch,
+            self.stale_dropped
         )
     }
 
@@ -344,7 +411,35 @@ impl Summary {
             "switched_at_ms": ms(self.switched_at),
             "first_version_last_at_ms": ms(self.last_first_at),
             "first_version_after_switch": self.first_after_switch,
+            "first_version_last_after_switch_ms": ms(self.first_last_after_switch()),
+            "stale_kept_alive_dropped": self.stale_dropped,
             "duration_ms": self.duration.as_millis() as u64,
         })
     }
+}
+
+/// Every sample as CSV (`at_ms,conn,outcome,dropped_stale,reused`, `at_ms` since the load started), for
+/// lining failures up with a proxy's log.
+pub(crate) fn samples_csv(samples: &[Sample]) -> String {
+    let mut out = String::from("at_ms,conn,outcome,dropped_stale,reused\n");
+    for s in samples {
+        let outcome = match &s.outcome {
+            Outcome::Answer(body) => format!("answer {}", body.replace([',', '\n'], " ")),
+            other => other
+                .failure()
+                .unwrap_or_default()
+                .replace([',', '\n'], " "),
+        };
+        let conn = match s.conn {
+            Conn::Fresh => "fresh",
+            Conn::Kept => "kept-alive",
+        };
+        out.push_str(&format!(
+            "{:.3},{conn},{outcome},{},{}\n",
+            s.at.as_secs_f64() * 1000.0,
+            u8::from(s.dropped_stale),
+            u8::from(s.reused)
+        ));
+    }
+    out
 }
