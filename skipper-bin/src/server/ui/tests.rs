@@ -98,7 +98,7 @@ async fn harness() -> T {
         engine,
         Config::parse("").unwrap(),
         idempotency::Idempotency::in_memory().unwrap(),
-        nodes::Nodes::in_memory(Duration::from_secs(5)),
+        std::sync::Arc::new(nodes::Nodes::in_memory(Duration::from_secs(5))),
         Duration::from_secs(30),
         None,
     )
