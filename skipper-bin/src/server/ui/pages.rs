@@ -316,10 +316,9 @@ async fn project_page(
         tag: Some(tag),
         stage: Some(stage),
     }) = q
+        && let Some(t) = tags.iter_mut().find(|t| t.stage == stage)
     {
-        if let Some(t) = tags.iter_mut().find(|t| t.stage == stage) {
-            t.selected = Some(tag);
-        }
+        t.selected = Some(tag);
     }
     Ok(html(
         status,
