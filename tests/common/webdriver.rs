@@ -179,21 +179,38 @@ impl Browser<'_> {
         wait_for(secs, &format!("{css} on {}", self.url()), || self.find(css))
     }
 
+    /// Run `act` on the element matching `css` (waiting up to 10 s for it). A live page may
+    /// replace the element between finding it and acting on it ("stale element reference": the
+    /// action did not happen); it is then found again.
+    fn on_element(&self, css: &str, act: impl Fn(&str) -> Result<Value, String>) {
+        for _ in 0..20 {
+            let e = self.wait(10, css);
+            match act(&e) {
+                Ok(_) => return,
+                Err(m) if m.contains("stale element") => continue,
+                Err(m) => panic!("{m}\nat {}", self.url()),
+            }
+        }
+        panic!("{css} kept being replaced at {}", self.url());
+    }
+
     /// Click the element matching `css` (waiting up to 10 s for it).
     pub(crate) fn click(&self, css: &str) {
-        let e = self.wait(10, css);
-        self.must("POST", &format!("/element/{e}/click"), Some(json!({})));
+        self.on_element(css, |e| {
+            self.call("POST", &format!("/element/{e}/click"), Some(json!({})))
+        });
     }
 
     /// Replace the text of the field matching `css` with `text`, as a person types it.
     pub(crate) fn type_into(&self, css: &str, text: &str) {
-        let e = self.wait(10, css);
-        self.must("POST", &format!("/element/{e}/clear"), Some(json!({})));
-        self.must(
-            "POST",
-            &format!("/element/{e}/value"),
-            Some(json!({ "text": text })),
-        );
+        self.on_element(css, |e| {
+            self.call("POST", &format!("/element/{e}/clear"), Some(json!({})))?;
+            self.call(
+                "POST",
+                &format!("/element/{e}/value"),
+                Some(json!({ "text": text })),
+            )
+        });
     }
 
     /// The visible text of the element matching `css` ("" when there is none).
