@@ -147,6 +147,28 @@ fn load(nodes: &Nodes, id: &str) -> ApiResult<Option<Row>> {
     }))
 }
 
+/// Every tenant's id and node (for the dashboard's Nodes page).
+pub(crate) fn nodes_of(nodes: &Nodes) -> ApiResult<Vec<(String, String)>> {
+    let rows: Vec<(String, String)> = {
+        let c = nodes.db();
+        let mut q = c
+            .prepare("SELECT id, spec FROM tenants ORDER BY id")
+            .map_err(NodeError::from)?;
+        q.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(NodeError::from)?
+            .collect::<Result<_, _>>()
+            .map_err(NodeError::from)?
+    };
+    Ok(rows
+        .into_iter()
+        .filter_map(|(id, spec)| {
+            serde_json::from_str::<TenantSpec>(&spec)
+                .ok()
+                .map(|s| (id, s.node))
+        })
+        .collect())
+}
+
 fn checked_id(id: &str) -> ApiResult<()> {
     check_name("tenant", id).map_err(invalid)
 }

@@ -83,6 +83,7 @@ pub(crate) fn router(state: AppState) -> Router<AppState> {
             post(pages::instance_action),
         )
         .route("/deploys", get(pages::deploys))
+        .route("/nodes", get(pages::nodes))
         .route("/deploys/{id}", get(pages::deployment))
         .route("/deploys/{id}/events", get(pages::deploy_events))
         .route("/events", get(pages::all_events))

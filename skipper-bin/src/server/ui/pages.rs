@@ -833,3 +833,68 @@ impl TagChoice {
         self.selected.as_deref() == Some(tag)
     }
 }
+
+/// One node as the Nodes page shows it.
+struct NodeRow {
+    id: String,
+    role: String,
+    region: Option<String>,
+    status: &'static str,
+    online: bool,
+    last_heartbeat: Option<String>,
+    /// The (project, stage) pairs that run there.
+    stages: Vec<(String, String)>,
+    /// The tenants whose stacks run there.
+    tenants: Vec<String>,
+}
+
+#[derive(Template)]
+#[template(path = "nodes.html")]
+struct NodesPage {
+    chrome: Chrome,
+    nodes: Vec<NodeRow>,
+}
+
+/// Every node: online or offline, its last heartbeat, and what runs there.
+pub(crate) async fn nodes(
+    State(s): State<AppState>,
+    Extension(c): Extension<Current>,
+) -> PageResult {
+    let projects = s.engine.store().list_projects().await?;
+    let tenants = crate::server::tenants::nodes_of(&s.nodes)?;
+    let nodes = s
+        .nodes
+        .list()
+        .map_err(ApiError::from)?
+        .into_iter()
+        .map(|n| NodeRow {
+            stages: projects
+                .iter()
+                .flat_map(|p| {
+                    p.stages
+                        .keys()
+                        .filter(|st| p.node_of(st) == Some(n.id.as_str()))
+                        .map(|st| (p.name.clone(), st.clone()))
+                })
+                .collect(),
+            tenants: tenants
+                .iter()
+                .filter(|(_, node)| *node == n.id)
+                .map(|(t, _)| t.clone())
+                .collect(),
+            online: n.status == "online",
+            id: n.id,
+            role: n.role,
+            region: n.region,
+            status: n.status,
+            last_heartbeat: n.last_heartbeat,
+        })
+        .collect();
+    Ok(html(
+        StatusCode::OK,
+        &NodesPage {
+            chrome: Chrome::new(&c, "nodes"),
+            nodes,
+        },
+    ))
+}

@@ -260,6 +260,7 @@ async fn every_page_sends_a_stranger_to_sign_in() {
         "/deploy",
         "/events",
         "/deploys/abc/events",
+        "/nodes",
     ] {
         let r = t.get(path, None).await;
         assert_eq!(r.status, StatusCode::SEE_OTHER, "{path}");
@@ -1195,5 +1196,52 @@ async fn projects_and_stages_are_made_edited_and_deleted_with_errors_at_their_fi
     assert_eq!(
         t.get("/config/export", None).await.status,
         StatusCode::SEE_OTHER
+    );
+}
+
+#[tokio::test]
+async fn the_nodes_page_shows_each_node_its_state_and_what_runs_there() {
+    let t = harness().await;
+    let b = t.sign_in().await;
+    let r = t.get("/nodes", Some(&b)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.text.contains("No nodes yet"), "{}", r.text);
+    t.state
+        .nodes
+        .register("host-1", "worker", Some("lab"), None)
+        .unwrap();
+    t.state
+        .nodes
+        .register("host-2", "worker", None, None)
+        .unwrap();
+    t.state.nodes.heartbeat("host-1").unwrap();
+    let mut p = skipper_core::Project::new("web", REPO).unwrap();
+    let mut dev = skipper_core::Stage::new("dev");
+    dev.node = Some("host-1".into());
+    p = p
+        .with_stage(dev)
+        .with_stage(skipper_core::Stage::new("prod"));
+    t.state.engine.put_project(&p).await.unwrap();
+    let r = t.get("/nodes", Some(&b)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let row = |id: &str| {
+        let start = r
+            .text
+            .find(&format!("id=\"node-{id}\""))
+            .expect("a row per node");
+        let end = r.text[start..].find("</tr>").unwrap() + start;
+        r.text[start..end].to_owned()
+    };
+    let one = row("host-1");
+    assert!(one.contains("online") && one.contains("lab"), "{one}");
+    assert!(one.contains("href=\"/projects/web\">web/dev</a>"), "{one}");
+    assert!(
+        !one.contains("web/prod"),
+        "prod runs on the server's own host: {one}"
+    );
+    let two = row("host-2");
+    assert!(
+        two.contains("offline") && two.contains("never") && two.contains("nothing"),
+        "{two}"
     );
 }
