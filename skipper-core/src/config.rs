@@ -76,8 +76,9 @@ pub struct NotificationTarget {
 impl NotificationTarget {
     /// Whether this target wants `event`.
     pub fn wants(&self, event: &crate::model::Event) -> bool {
-        (self.events.is_empty() || self.events.contains(&event.kind))
-            && (self.projects.is_empty() || self.projects.contains(&event.project))
+        event.kind == crate::model::EventKind::Test
+            || ((self.events.is_empty() || self.events.contains(&event.kind))
+                && (self.projects.is_empty() || self.projects.contains(&event.project)))
     }
 }
 
@@ -1084,6 +1085,32 @@ projects:
             } => (field, line, message),
             other => panic!("not a config error: {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_test_event_reaches_every_target_whatever_its_filters() {
+        let c = Config::parse(
+            "notifications:\n  - { url: \"https://a.test/x\", events: [deploy_failed], projects: [web] }\n",
+        )
+        .unwrap();
+        let t = &c.notifications[0];
+        let event = |kind, project: &str| crate::model::Event {
+            kind,
+            project: project.into(),
+            stage: String::new(),
+            image: None,
+            deployment_id: None,
+            instance_id: None,
+            url: None,
+            message: String::new(),
+            at: chrono::Utc::now(),
+            correlation_id: None,
+        };
+        use crate::model::EventKind;
+        assert!(t.wants(&event(EventKind::DeployFailed, "web")));
+        assert!(!t.wants(&event(EventKind::DeployFailed, "api")));
+        assert!(!t.wants(&event(EventKind::DeploySucceeded, "web")));
+        assert!(t.wants(&event(EventKind::Test, "")));
     }
 
     #[test]

@@ -834,6 +834,9 @@ pub enum EventKind {
     NodeOnline,
     /// A node's agent stopped sending heartbeats (`project` and `stage` are empty).
     NodeOffline,
+    /// A test sent by a person (the dashboard's "Send a test event", `POST
+    /// /v1/notifications/test`): every target gets it, whatever its `events` and `projects`.
+    Test,
 }
 
 /// An event delivered to notifiers.

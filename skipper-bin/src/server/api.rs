@@ -966,6 +966,51 @@ pub(crate) async fn put_settings(
     Ok(axum::Json(settings_json(&s)))
 }
 
+/// Where notifications go: each target's format and host (a URL is a secret: never shown).
+pub(crate) fn notification_targets(s: &AppState) -> Vec<Value> {
+    let g = &s.config.global;
+    let mut list: Vec<Value> = g
+        .notification_url
+        .iter()
+        .map(|u| json!({"format": "webhook", "host": u.host(), "events": []}))
+        .collect();
+    list.extend(s.config.notifications.iter().map(|t| {
+        json!({
+            "format": format!("{:?}", t.format).to_lowercase(),
+            "host": t.url.host(),
+            "events": t.events,
+        })
+    }));
+    list
+}
+
+/// Send a test event to every notification target (whatever their filters): `202` with the
+/// targets it goes to; deliveries follow through the outbox, retried like any other.
+#[utoipa::path(post, path = "/v1/notifications/test", tag = "config",
+    responses((status = 202, body = Object)))]
+pub(crate) async fn test_notification(State(s): State<AppState>) -> ApiResult<Response> {
+    let targets = notification_targets(&s);
+    s.engine
+        .announce(skipper_core::Event {
+            kind: skipper_core::EventKind::Test,
+            project: String::new(),
+            stage: String::new(),
+            image: None,
+            deployment_id: None,
+            instance_id: None,
+            url: None,
+            message: "a test event from Skipper: notifications reach this target".into(),
+            at: chrono::Utc::now(),
+            correlation_id: None,
+        })
+        .await;
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(json!({ "sent_to": targets.len(), "targets": targets })),
+    )
+        .into_response())
+}
+
 /// The webhook URL for registries and CI.
 #[utoipa::path(get, path = "/v1/settings/webhook-url", tag = "config",
     responses((status = 200, body = Object)))]

@@ -245,6 +245,7 @@ fn protected_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(api::import_config))
         .routes(routes!(api::get_settings, api::put_settings))
         .routes(routes!(api::webhook_url))
+        .routes(routes!(api::test_notification))
         .routes(routes!(api::regenerate_webhook_url))
         .routes(routes!(registries::list, registries::create))
         .routes(routes!(registries::replace, registries::delete))

@@ -94,6 +94,10 @@ pub(crate) fn router(state: AppState) -> Router<AppState> {
             "/settings/webhook/regenerate",
             post(settings::regenerate_webhook),
         )
+        .route(
+            "/settings/notifications/test",
+            post(settings::test_notification),
+        )
         .route("/settings/registries", post(settings::add_registry))
         .route("/settings/registries/{name}", post(settings::edit_registry))
         .route(

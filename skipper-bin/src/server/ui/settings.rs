@@ -42,6 +42,8 @@ struct SettingsPage {
     settings: Vec<(&'static str, String)>,
     auto_create: bool,
     notifications: bool,
+    /// Each notification target: format, host, events.
+    targets: Vec<(String, String, String)>,
     webhook_url: String,
     registries: Vec<RegistryRow>,
     notice: Option<Notice>,
@@ -127,6 +129,25 @@ async fn page(
             settings,
             auto_create: v["auto_create"].as_bool().unwrap_or(false),
             notifications: v["notification_url_set"].as_bool().unwrap_or(false),
+            targets: api::notification_targets(s)
+                .iter()
+                .map(|t| {
+                    let events = t["events"].as_array().filter(|e| !e.is_empty()).map_or(
+                        "all events".to_owned(),
+                        |e| {
+                            e.iter()
+                                .filter_map(Value::as_str)
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        },
+                    );
+                    (
+                        t["format"].as_str().unwrap_or_default().to_owned(),
+                        t["host"].as_str().unwrap_or_default().to_owned(),
+                        events,
+                    )
+                })
+                .collect(),
             webhook_url: url["url"].as_str().unwrap_or_default().to_owned(),
             registries,
             notice,
@@ -198,6 +219,36 @@ pub(crate) async fn general(
     };
     match r {
         Ok(()) => Ok(back("general")),
+        Err(e) => failed(&s, &c, &headers, e, None, RegistryDraft::default()).await,
+    }
+}
+
+/// Send a test event to every notification target.
+pub(crate) async fn test_notification(
+    State(s): State<AppState>,
+    Extension(c): Extension<Current>,
+    headers: HeaderMap,
+) -> PageResult {
+    let n = api::notification_targets(&s).len();
+    match api::test_notification(State(s.clone())).await {
+        Ok(_) => {
+            page(
+                &s,
+                &c,
+                &headers,
+                Some(Notice {
+                    error: false,
+                    text: format!(
+                        "A test event is on its way to {n} target{} (delivered and retried like any event).",
+                        if n == 1 { "" } else { "s" }
+                    ),
+                }),
+                None,
+                RegistryDraft::default(),
+                StatusCode::OK,
+            )
+            .await
+        }
         Err(e) => failed(&s, &c, &headers, e, None, RegistryDraft::default()).await,
     }
 }

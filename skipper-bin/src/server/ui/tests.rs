@@ -79,6 +79,10 @@ struct Browser {
 }
 
 async fn harness() -> T {
+    harness_with("").await
+}
+
+async fn harness_with(config: &str) -> T {
     let rt = Arc::new(FakeRuntime::new());
     for tag in ["v1", "v2", "v10", "dev-1"] {
         rt.add_image(&format!("{REPO}:{tag}"), Behavior::Healthy);
@@ -96,7 +100,7 @@ async fn harness() -> T {
         .unwrap();
     let (state, _) = state(
         engine,
-        Config::parse("").unwrap(),
+        Config::parse(config).unwrap(),
         idempotency::Idempotency::in_memory().unwrap(),
         std::sync::Arc::new(nodes::Nodes::in_memory(Duration::from_secs(5))),
         Duration::from_secs(30),
@@ -1244,4 +1248,38 @@ async fn the_nodes_page_shows_each_node_its_state_and_what_runs_there() {
         two.contains("offline") && two.contains("never") && two.contains("nothing"),
         "{two}"
     );
+}
+
+#[tokio::test]
+async fn send_a_test_event_reaches_the_notifiers_and_never_shows_a_url() {
+    let t = harness_with(
+        "notifications:\n  - { url: \"https://hooks.slack.test/services/T000/B000/sekrit\", format: slack, events: [deploy_failed] }\n",
+    )
+    .await;
+    let b = t.sign_in().await;
+    let r = t.get("/settings", Some(&b)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(
+        r.text.contains("https://hooks.slack.test") && r.text.contains("deploy_failed"),
+        "{}",
+        r.text
+    );
+    assert!(!r.text.contains("sekrit"), "the URL's token is never shown");
+    assert!(r.text.contains("id=\"test-notification\""));
+    // Without the form's CSRF token: refused, nothing sent.
+    let mut feed = t.state.engine.activity();
+    let r = t.post("/settings/notifications/test", Some(&b), &[]).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
+    assert!(feed.try_recv().is_err(), "nothing sent without CSRF");
+    let r = t.submit("/settings/notifications/test", &b, &[]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert!(
+        r.text.contains("A test event is on its way to 1 target"),
+        "{}",
+        r.text
+    );
+    match feed.try_recv() {
+        Ok(skipper_core::Activity::Event(e)) => assert_eq!(e.kind, skipper_core::EventKind::Test),
+        other => panic!("{other:?}"),
+    }
 }
