@@ -265,7 +265,10 @@ mod tests {
         // Stamped 200 s ahead (a fast clock): replayable until ts + 300, so kept that long.
         assert!(n.fresh("a", now + 200, now));
         assert!(n.fresh("b", now, now));
-        assert!(!n.fresh("a", now + 200, now + 499), "swept, yet still inside its window");
+        assert!(
+            !n.fresh("a", now + 200, now + 499),
+            "swept, yet still inside its window"
+        );
         assert!(!n.fresh("b", now, now + 300));
         // Past its window the timestamp check refuses it; the set may forget it.
         assert!(n.fresh("b", now, now + 301));
