@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
@@ -85,23 +85,43 @@ impl std::fmt::Display for Refusal {
 }
 
 /// Request ids seen inside the window.
+///
+/// An id is kept until its request's own timestamp leaves the window (after that the timestamp
+/// check refuses a replay anyway), as 16 bytes of its SHA-256, and the expired ones are swept
+/// at most once per [`SWEEP`]: at 10,000 agents the set holds about 700,000 ids, and sweeping
+/// it on every request (as a first version did, once it passed 10,000) cost more than all the
+/// rest of the server's work.
 #[derive(Default)]
 pub(crate) struct Nonces {
-    seen: Mutex<HashMap<String, Instant>>,
+    seen: Mutex<NonceSet>,
 }
 
+#[derive(Default)]
+struct NonceSet {
+    /// Id digest → the unix second after which its request is refused as stale anyway.
+    until: HashMap<[u8; 16], i64>,
+    next_sweep: i64,
+}
+
+/// How often expired request ids are swept (seconds).
+const SWEEP: i64 = 10;
+
 impl Nonces {
-    /// Record `id`; false if it was seen inside the window.
-    pub(crate) fn fresh(&self, id: &str) -> bool {
-        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        if seen.len() > 10_000 {
-            seen.retain(|_, at| now.duration_since(*at) < WINDOW * 2);
+    /// Record `id` of a request stamped `ts` (already checked to be inside the window);
+    /// false if it was seen before.
+    pub(crate) fn fresh(&self, id: &str, ts: i64, now: i64) -> bool {
+        let mut s = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if now >= s.next_sweep {
+            s.until.retain(|_, until| *until >= now);
+            s.next_sweep = now + SWEEP;
         }
-        match seen.get(id) {
-            Some(at) if now.duration_since(*at) < WINDOW * 2 => false,
+        let mut key = [0u8; 16];
+        key.copy_from_slice(&Sha256::digest(id.as_bytes())[..16]);
+        let until = ts + WINDOW.as_secs() as i64;
+        match s.until.get(&key) {
+            Some(&u) if u >= now => false,
             _ => {
-                seen.insert(id.to_owned(), now);
+                s.until.insert(key, until);
                 true
             }
         }
@@ -147,7 +167,7 @@ pub(crate) fn verify(
             skew_secs: now - ts,
         });
     }
-    if !nonces.fresh(id) {
+    if !nonces.fresh(id, ts, now) {
         return Err(Refusal::Replayed);
     }
     Ok(matched)
@@ -236,6 +256,23 @@ mod tests {
             &n,
         );
         assert_eq!(rotated, Ok(1));
+    }
+
+    #[test]
+    fn a_request_id_is_kept_while_its_timestamp_is_inside_the_window() {
+        let n = Nonces::default();
+        let now = 1_800_000_000;
+        // Stamped 200 s ahead (a fast clock): replayable until ts + 300, so kept that long.
+        assert!(n.fresh("a", now + 200, now));
+        assert!(n.fresh("b", now, now));
+        assert!(
+            !n.fresh("b", now, now + 300),
+            "swept, yet still inside its window"
+        );
+        // Past its window the timestamp check refuses it; the set may forget it.
+        assert!(n.fresh("b", now, now + 301));
+        assert!(!n.fresh("a", now + 200, now + 499));
+        assert_eq!(n.seen.lock().unwrap().until.len(), 1, "b was swept at +499");
     }
 
     #[test]

@@ -560,7 +560,9 @@ pub(crate) fn transitions(
             out.push((n.id.clone(), n.status == "online"));
         }
     }
-    before.retain(|id, _| now.iter().any(|n| &n.id == id));
+    // A set, not a scan of `now` per entry: at 10,000 nodes that was 10^8 comparisons per pass.
+    let present: std::collections::HashSet<&str> = now.iter().map(|n| n.id.as_str()).collect();
+    before.retain(|id, _| present.contains(id.as_str()));
     out
 }
 
