@@ -529,16 +529,25 @@ pub(crate) async fn run(
             token.expose_secret()
         );
     }
-    match engine.reconcile().await {
-        Ok(r) if !r.is_clean() => tracing::info!(report = ?r, "startup reconcile repaired drift"),
-        Ok(_) => {}
-        Err(e) => {
-            tracing::warn!(error = %e.chain(), "startup reconcile failed; the periodic one tries again")
-        }
-    }
-
     let wake = Arc::new(tokio::sync::Notify::new());
     let mut tasks = tokio::task::JoinSet::new();
+    // The startup reconcile runs beside the listener, not before it: a node's agent answers the
+    // reconcile's calls through this server, so waiting for them first would wait on ourselves.
+    // (Every operation on a stage reconciles that stage first anyway.)
+    {
+        let engine = engine.clone();
+        tasks.spawn(async move {
+            match engine.reconcile().await {
+                Ok(r) if !r.is_clean() => {
+                    tracing::info!(report = ?r, "startup reconcile repaired drift")
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e.chain(), "startup reconcile failed; the periodic one tries again")
+                }
+            }
+        });
+    }
     if let Some(outbox) = built.outbox.clone() {
         tasks.spawn(outbox.run(state.shutdown.clone()));
     }
