@@ -62,6 +62,19 @@ fn agent(addr: &str, id: &str, token: &str, data: &Path, scope: &str) -> KillOnD
     KillOnDrop(Some(child))
 }
 
+/// `skipper serve` on `addr` for `world`, answering `/v1/health`.
+fn serve(world: &World, addr: &str) -> KillOnDrop {
+    let mut c = world.text_command(&["serve", "--listen", addr, "--log-format", "json"]);
+    c.env("SKIPPER_ADMIN_TOKEN", TOKEN)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let child = KillOnDrop(Some(c.spawn().expect("start skipper serve")));
+    wait_for(30, "the server", || {
+        (curl(addr, "GET", "/v1/health", None).0 == 200).then_some(())
+    });
+    child
+}
+
 fn order_done(addr: &str, id: &str) -> Value {
     wait_for(90, "the order to be answered", || {
         let (_, o) = curl(addr, "GET", &format!("/v1/work-orders/{id}"), None);
@@ -292,16 +305,7 @@ fn one_server_deploys_to_two_nodes_through_their_agents() {
     let env = common::or_skip!(common::env_or_skip("two-nodes", common::env::TestEnv::load));
     let world = World::new(Scope::new("nodes"));
     let addr = format!("127.0.0.1:{}", free_port());
-    let _server = {
-        let mut c = world.text_command(&["serve", "--listen", &addr, "--log-format", "json"]);
-        c.env("SKIPPER_ADMIN_TOKEN", TOKEN)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        KillOnDrop(Some(c.spawn().expect("start skipper serve")))
-    };
-    wait_for(30, "the server", || {
-        (curl(&addr, "GET", "/v1/health", None).0 == 200).then_some(())
-    });
+    let _server = serve(&world, &addr);
     let mut _agents = Vec::new();
     for id in ["host-1", "host-2"] {
         let (code, node) = curl(&addr, "POST", "/v1/nodes", Some(json!({"id": id})));
@@ -412,16 +416,7 @@ fn a_tenants_compose_stack_runs_on_its_node() {
     let _env = common::or_skip!(common::env_or_skip("tenant", common::env::TestEnv::load));
     let world = World::new(Scope::new("tenant"));
     let addr = format!("127.0.0.1:{}", free_port());
-    let _server = {
-        let mut c = world.text_command(&["serve", "--listen", &addr, "--log-format", "json"]);
-        c.env("SKIPPER_ADMIN_TOKEN", TOKEN)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        KillOnDrop(Some(c.spawn().expect("start skipper serve")))
-    };
-    wait_for(30, "the server", || {
-        (curl(&addr, "GET", "/v1/health", None).0 == 200).then_some(())
-    });
+    let _server = serve(&world, &addr);
     let (_, node) = curl(&addr, "POST", "/v1/nodes", Some(json!({"id": "host-1"})));
     let token = node["token"].as_str().unwrap().to_owned();
     let base = world.dir.path().join("stacks");
