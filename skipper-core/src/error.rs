@@ -195,6 +195,17 @@ pub enum Error {
     /// The engine is shutting down and accepts no new work.
     #[error("the engine is shutting down; retry after it restarts")]
     ShuttingDown,
+
+    /// The node an operation needs is offline (its agent sends no heartbeats): nothing was
+    /// done. The kind is [`ErrorKind::Transient`]: the same call succeeds once it is back.
+    #[error(
+        "node {node:?} is offline (its agent sends no heartbeats): nothing was done; try again \
+         when it is back online (skipper node show --node-id {node})"
+    )]
+    NodeOffline {
+        /// The node.
+        node: String,
+    },
 }
 
 fn fmt_config(field: &str, line: &Option<usize>, message: &str) -> String {
@@ -216,6 +227,7 @@ impl Error {
             Self::Rejected { .. } | Self::ShuttingDown => ErrorKind::Rejected,
             Self::LeaseLost { .. } | Self::Interrupted { .. } => ErrorKind::Interrupted,
             Self::Backend { kind, .. } => *kind,
+            Self::NodeOffline { .. } => ErrorKind::Transient,
             Self::RateLimited { .. } => ErrorKind::RateLimited,
             Self::Timeout { .. } => ErrorKind::Timeout,
             Self::Unhealthy { .. } => ErrorKind::Unhealthy,

@@ -483,7 +483,8 @@ macro_rules! instance_action {
         #[utoipa::path(post, path = concat!("/v1/projects/{project}/stages/{stage}/instances/{id}/", $verb),
             tag = "instances",
             params(("project" = String, Path), ("stage" = String, Path), ("id" = String, Path)),
-            responses((status = 200, body = Object), (status = 404, body = ErrorBody)))]
+            responses((status = 200, body = Object), (status = 404, body = ErrorBody),
+                (status = 409, description = "the stage's node is offline (`node_offline`)", body = ErrorBody)))]
         pub(crate) async fn $name(
             State(s): State<AppState>,
             Path((project, stage, id)): Path<(String, String, String)>,
@@ -519,7 +520,8 @@ instance_action!(
 /// Remove an instance: its routes, container and record.
 #[utoipa::path(delete, path = "/v1/projects/{project}/stages/{stage}/instances/{id}", tag = "instances",
     params(("project" = String, Path), ("stage" = String, Path), ("id" = String, Path)),
-    responses((status = 200, body = Object), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Object), (status = 404, body = ErrorBody),
+        (status = 409, description = "the stage's node is offline (`node_offline`)", body = ErrorBody)))]
 pub(crate) async fn remove_instance(
     State(s): State<AppState>,
     Path((project, stage, id)): Path<(String, String, String)>,
@@ -532,7 +534,8 @@ pub(crate) async fn remove_instance(
 #[utoipa::path(post, path = "/v1/projects/{project}/stages/{stage}/rollback", tag = "instances",
     params(("project" = String, Path), ("stage" = String, Path)),
     responses((status = 200, body = Object), (status = 404, body = ErrorBody),
-        (status = 422, body = ErrorBody)))]
+        (status = 422, body = ErrorBody),
+        (status = 409, description = "the stage's node is offline (`node_offline`)", body = ErrorBody)))]
 pub(crate) async fn rollback(
     State(s): State<AppState>,
     Path((project, stage)): Path<(String, String)>,
@@ -650,7 +653,8 @@ async fn defaults_of(s: &AppState, image: &ImageRef, node: Option<&str>) -> ApiR
 /// defaults a quick-deploy form shows.
 #[utoipa::path(post, path = "/v1/deploy/inspect", tag = "quick deploy", request_body = InspectBody,
     responses((status = 200, body = Object), (status = 400, body = ErrorBody),
-        (status = 404, body = ErrorBody)))]
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "the node is offline (`node_offline`)", body = ErrorBody)))]
 pub(crate) async fn inspect(
     State(s): State<AppState>,
     Body(b): Body<InspectBody>,
@@ -708,7 +712,8 @@ impl QuickBody {
 #[utoipa::path(post, path = "/v1/deploy/quick", tag = "quick deploy",
     params(WaitQuery), request_body = QuickBody,
     responses((status = 202, body = Object), (status = 200, body = Object),
-        (status = 400, body = ErrorBody), (status = 422, body = ErrorBody)))]
+        (status = 400, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 409, description = "the node is offline (`node_offline`)", body = ErrorBody)))]
 pub(crate) async fn quick(
     State(s): State<AppState>,
     Query(q): Query<WaitQuery>,

@@ -91,6 +91,10 @@ impl ApiError {
 
 impl From<skipper_core::Error> for ApiError {
     fn from(e: skipper_core::Error) -> Self {
+        // The node's state, not a failure of this server: 409, retry once it is online.
+        if let skipper_core::Error::NodeOffline { .. } = e {
+            return Self::new(StatusCode::CONFLICT, "node_offline", e.to_string());
+        }
         Self::from_kind(e.kind(), e.chain())
     }
 }

@@ -42,8 +42,10 @@ async fn harness() -> T {
         rt.add_image(&format!("{REPO}:{tag}"), Behavior::Healthy);
     }
     rt.add_image(&format!("{REPO}:sick"), Behavior::Unhealthy);
+    let fleet = Arc::new(nodes::Nodes::in_memory(Duration::from_secs(5)));
     let engine = Engine::builder(rt.clone(), Arc::new(MemoryStore::new()))
         .proxy(Arc::new(FakeProxy::new()))
+        .nodes(Arc::new(super::remote_runtime::AgentNodes(fleet.clone())))
         .registry(Arc::new(Tags))
         .settings(EngineSettings::default())
         .build();
@@ -56,7 +58,7 @@ async fn harness() -> T {
         engine,
         Config::parse("").unwrap(),
         idempotency::Idempotency::in_memory().unwrap(),
-        Arc::new(nodes::Nodes::in_memory(Duration::from_secs(5))),
+        fleet,
         Duration::from_secs(30),
         Some("http://skipper.test".into()),
     )
@@ -472,6 +474,47 @@ async fn a_deploy_answers_202_then_the_record_and_its_events_tell_the_end() {
         )
         .await;
     assert_envelope(&a, StatusCode::NOT_FOUND, "not_found");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stage_on_an_offline_node_refuses_what_cannot_wait_with_409() {
+    let t = harness().await;
+    t.create_web().await;
+    let a = t
+        .req("POST", "/v1/nodes", Some(json!({"id": "host-1"})))
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
+    let a = t
+        .req(
+            "POST",
+            "/v1/projects/web/stages",
+            Some(json!({"name": "edge", "tag_pattern": "*", "node": "host-1"})),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
+    // host-1 never sent a heartbeat: a rollback is refused at once, never queued behind it
+    // (in paused time a wait would end in the 30 s call limit, a 504).
+    let r = t
+        .req("POST", "/v1/projects/web/stages/edge/rollback", None)
+        .await;
+    assert_envelope(&r, StatusCode::CONFLICT, "node_offline");
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("host-1"),
+        "{}",
+        r.text
+    );
+    // A deploy is accepted and waits for the node instead.
+    let d = t
+        .req(
+            "POST",
+            "/v1/projects/web/stages/edge/instances",
+            Some(json!({"tag": "v1"})),
+        )
+        .await;
+    assert_eq!(d.status, StatusCode::ACCEPTED, "{}", d.text);
 }
 
 #[tokio::test(start_paused = true)]

@@ -506,6 +506,17 @@ impl Engine {
         }
     }
 
+    /// The runtime of `node` for an operation that cannot wait: [`runtime_on`](Self::runtime_on),
+    /// refused with [`Error::NodeOffline`] while the node is offline (a deploy instead waits
+    /// for it, see [`StepTimeouts::node_wait`]).
+    pub(crate) fn runtime_now(&self, node: Option<&str>) -> Result<Arc<dyn Runtime>> {
+        let rt = self.runtime_on(node)?;
+        match node {
+            Some(n) if !self.reachable(node) => Err(Error::NodeOffline { node: n.to_owned() }),
+            _ => Ok(rt),
+        }
+    }
+
     /// Whether `node` answers now (`None`, the engine's own runtime, always does).
     pub(crate) fn reachable(&self, node: Option<&str>) -> bool {
         match (node, &self.inner.nodes) {
@@ -762,7 +773,7 @@ impl Engine {
         pull: PullPolicy,
         progress: Option<ProgressSender>,
     ) -> Result<QuickDefaults> {
-        let rt = &self.runtime_on(node)?;
+        let rt = &self.runtime_now(node)?;
         let t = &self.inner.settings.timeouts;
         let present = pull != PullPolicy::Always
             && timed(|| "image lookup".into(), t.call, rt.has_image(image)).await?;

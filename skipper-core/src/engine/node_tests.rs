@@ -347,3 +347,41 @@ async fn a_node_lost_mid_deploy_fails_in_time_and_reconcile_cleans_up_when_it_re
     assert_eq!(f.remote.running(), vec![v1.container_id.clone().unwrap()]);
     assert!(f.engine.reconcile().await.unwrap().is_clean());
 }
+
+#[tokio::test(start_paused = true)]
+async fn what_cannot_wait_is_refused_at_once_while_its_node_is_offline() {
+    // A rollback or an instance operation answers its caller now: on an offline node it is
+    // refused before anything is sent there (never queued behind an agent that is not there).
+    let f = fleet(false).await;
+    f.deploy("dev", "v1").await;
+    f.deploy("dev", "v2").await;
+    let serving = f.instance("dev").await;
+    f.nodes.set_reachable("n1", false);
+    let (lists, stops) = (f.remote.calls(Op::List), f.remote.calls(Op::Stop));
+    let all = DeploymentFilter::default();
+    let history = f.engine.deployments(&all).await.unwrap().len();
+
+    let e = f.engine.rollback("web", "dev").await.unwrap_err();
+    assert!(
+        matches!(&e, Error::NodeOffline { node } if node == "n1"),
+        "{e:?}"
+    );
+    assert_eq!(e.kind(), ErrorKind::Transient);
+    let e = f.engine.stop_instance(&serving.id).await.unwrap_err();
+    assert!(matches!(&e, Error::NodeOffline { .. }), "{e:?}");
+
+    assert_eq!(f.remote.calls(Op::List), lists, "n1 was not called");
+    assert_eq!(f.remote.calls(Op::Stop), stops);
+    let now = f.engine.deployments(&all).await.unwrap().len();
+    assert_eq!(now, history, "nothing recorded");
+    let still = f.instance("dev").await;
+    assert_eq!(
+        (still.id, still.state),
+        (serving.id, InstanceState::Running)
+    );
+
+    // Back online: the same calls work.
+    f.nodes.set_reachable("n1", true);
+    let d = f.engine.rollback("web", "dev").await.unwrap();
+    assert_eq!((d.status, d.tag.as_str()), (DeployStatus::Succeeded, "v1"));
+}

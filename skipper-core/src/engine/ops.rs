@@ -151,7 +151,7 @@ impl Engine {
             .await?
             .ok_or_else(|| Error::not_found(format!("instance {id:?}")))?;
         let node = self.node_of_stage(&inst.project, &inst.stage).await?;
-        let rt = &self.runtime_on(node.as_deref())?;
+        let rt = &self.runtime_now(node.as_deref())?;
         let cid = inst.container_id.clone();
         let need_container = || {
             cid.clone().ok_or_else(|| {

@@ -451,7 +451,7 @@ impl Engine {
     ) -> Result<ReconcileReport> {
         let store = &self.inner.store;
         let node = project.node_of(&stage.name);
-        let rt = &self.runtime_on(node)?;
+        let rt = &self.runtime_now(node)?;
         let call = self.inner.settings.timeouts.call;
         let mut report = ReconcileReport::default();
 
