@@ -510,7 +510,7 @@ impl Config {
             .projects
             .remove(name)
             .ok_or_else(|| Error::rejected(format!("no project {name:?} in the document")))?;
-        validate_name("project name", name).map_err(at(format!("projects.{name}"), None))?;
+        crate::model::validate_project_name(name).map_err(at(format!("projects.{name}"), None))?;
         build_project(name, p, registries, &text, 1)
     }
 
@@ -659,7 +659,7 @@ impl Config {
         for (name, p) in raw.projects {
             let field = format!("projects.{name}");
             let name_line = find_key_line(text, &name, projects_line);
-            validate_name("project name", &name).map_err(at(field.clone(), name_line))?;
+            crate::model::validate_project_name(&name).map_err(at(field.clone(), name_line))?;
             let project = build_project(&name, p, &registries, text, name_line.unwrap_or(1))?;
             projects.insert(name, project);
         }

@@ -97,6 +97,24 @@ pub fn validate_name(what: &'static str, value: &str) -> Result<()> {
     Ok(())
 }
 
+/// Names a project may not take: `new` is the dashboard's page for a new project
+/// (`/projects/new`), so a project of that name could never be shown there.
+pub const RESERVED_PROJECT_NAMES: &[&str] = &["new"];
+
+/// Check a project name: [`validate_name`], and not one of [`RESERVED_PROJECT_NAMES`].
+pub fn validate_project_name(value: &str) -> Result<()> {
+    validate_name("project name", value)?;
+    if RESERVED_PROJECT_NAMES.contains(&value) {
+        return Err(Error::InvalidName {
+            what: "project name",
+            value: value.to_owned(),
+            reason: "it is reserved (the dashboard's page for a new project is /projects/new)"
+                .into(),
+        });
+    }
+    Ok(())
+}
+
 /// Check a node id: 1-63 of `a-z`, `0-9`, `-` and `_`, starting with a letter or digit (it
 /// becomes a label value and part of paths on the server).
 pub fn validate_node(value: &str) -> Result<()> {
@@ -295,7 +313,7 @@ impl Project {
     /// A project with defaults for `image` (a repository; any tag is dropped).
     pub fn new(name: impl Into<String>, image: &str) -> Result<Self> {
         let name = name.into();
-        validate_name("project name", &name)?;
+        validate_project_name(&name)?;
         Ok(Self {
             name,
             image: ImageRef::parse(image)?.name(),
@@ -341,7 +359,7 @@ impl Project {
 
     /// Check names, stage patterns and references between stages.
     pub fn validate(&self) -> Result<()> {
-        validate_name("project name", &self.name)?;
+        validate_project_name(&self.name)?;
         let repo = ImageRef::parse(&self.image)?;
         if repo.name() != self.image {
             return Err(Error::InvalidReference {
@@ -962,5 +980,16 @@ mod tests {
         assert!(r.contains("itself"), "{r}");
         let r = reason(&project(&[("a", None), ("b", Some("qa"))]));
         assert!(r.contains("\"qa\"") && r.contains("stages: a, b"), "{r}");
+    }
+
+    #[test]
+    fn a_project_may_not_take_a_dashboard_page_name() {
+        let e = Project::new("new", "registry.test/team/p").unwrap_err();
+        assert!(e.to_string().contains("/projects/new"), "{e}");
+        let mut p = Project::new("news", "registry.test/team/p").unwrap();
+        p.name = "new".into();
+        assert!(p.validate().is_err());
+        let e = crate::config::Config::parse("projects:\n  new:\n    image: a/b\n").unwrap_err();
+        assert!(e.to_string().contains("reserved"), "{e}");
     }
 }

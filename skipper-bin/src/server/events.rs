@@ -156,13 +156,15 @@ pub(crate) fn activity_event(a: &Activity) -> Option<Event> {
         }
         Activity::Finished(d) => ("deploy.finished", output::deployment_json(d, None, None)),
         Activity::Event(e) => ("event", serde_json::to_value(e).ok()?),
+        Activity::Instance(i) => ("instance", serde_json::to_value(i).ok()?),
         _ => return None,
     };
     Event::default().event(kind).json_data(data).ok()
 }
 
-/// Everything as it happens: `deploy.started`, `deploy.step`, `deploy.finished`, and `event`
-/// (deploys succeeded or failed, rollbacks, new versions, repairs), for the dashboard.
+/// Everything as it happens: `deploy.started`, `deploy.step`, `deploy.finished`, `event`
+/// (deploys succeeded or failed, rollbacks, new versions, repairs) and `instance` (one was
+/// stopped, started, restarted or removed: the instance), for the dashboard.
 #[utoipa::path(get, path = "/v1/events", tag = "history",
     responses((status = 200, description = "text/event-stream", content_type = "text/event-stream", body = String)))]
 pub(crate) async fn all_events(State(s): State<AppState>) -> Response {

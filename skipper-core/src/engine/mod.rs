@@ -337,6 +337,9 @@ pub enum Activity {
     Finished(Box<Deployment>),
     /// An event went to the notifiers (deploys, new versions, repairs, removals).
     Event(Box<Event>),
+    /// An instance was stopped, started, restarted or removed: the instance as it is now (for
+    /// a removal, as it was).
+    Instance(Box<Instance>),
 }
 
 /// The deploy engine. Cheap to clone; clones share everything.

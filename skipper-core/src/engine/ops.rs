@@ -137,6 +137,9 @@ impl Engine {
             }
             .await;
             lock.release().await;
+            if let Ok(i) = &r {
+                this.publish(super::Activity::Instance(Box::new(i.clone())));
+            }
             r
         })
         .await

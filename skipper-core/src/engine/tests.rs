@@ -1989,6 +1989,32 @@ async fn rm_fails_while_a_container_of_the_instance_is_left() {
     assert_eq!(kept[0].id, v1.id);
 }
 
+/// Stop and start reach every live view: the feed carries the instance as it is after each.
+#[tokio::test(start_paused = true)]
+async fn the_activity_feed_shows_instance_operations() {
+    let h = harness(1).await;
+    let d = h
+        .engine
+        .deploy(DeployRequest::new("web", "dev", image("v1")))
+        .await
+        .unwrap();
+    let id = d.instance_id.unwrap();
+    let mut feed = h.engine.activity();
+    h.engine.stop_instance(&id).await.unwrap();
+    h.engine.start_instance(&id).await.unwrap();
+    let mut states = Vec::new();
+    while let Ok(a) = feed.try_recv() {
+        if let Activity::Instance(i) = a {
+            assert_eq!(i.id, id);
+            states.push(i.state);
+        }
+    }
+    assert_eq!(states, vec![InstanceState::Stopped, InstanceState::Running]);
+    // A refused operation tells no one anything.
+    assert!(h.engine.stop_instance("no-such").await.is_err());
+    assert!(feed.try_recv().is_err());
+}
+
 /// The activity feed tells a live view what happens: the deployment (with the caller's id and
 /// correlation id) starts, each step as it is logged, the end with the final record, and the
 /// events the notifiers got. A failed deploy ends in `Finished` too.

@@ -3,8 +3,9 @@
 //! take (what `skipper.yaml` holds); their validation errors are shown next to the field they
 //! name (`config error at projects.web.stages.dev.tag_pattern: …`).
 //!
-//! Editing keeps what the form does not show (route options, health timings but the
-//! deadline): the form's fields are laid over the stored document.
+//! The forms hold every field of `skipper.yaml`'s projects and stages; editing lays them over
+//! the stored document, so anything a later version adds and the form does not show yet is
+//! kept.
 
 use std::collections::BTreeMap;
 
@@ -30,14 +31,101 @@ pub(crate) struct ProjectForm {
     pub(crate) registry: String,
     pub(crate) port: String,
     pub(crate) health_path: String,
+    pub(crate) health_interval: String,
+    pub(crate) health_timeout: String,
     pub(crate) health_deadline: String,
+    pub(crate) health_settle: String,
     pub(crate) network: String,
+    /// The node the project runs on (empty: the server's own host).
+    pub(crate) node: String,
+    pub(crate) route: RouteForm,
     /// `KEY=value` lines.
     pub(crate) env: String,
     /// One volume a line.
     pub(crate) volumes: String,
     /// `key=value` lines.
     pub(crate) labels: String,
+}
+
+/// The proxy route's options (`route:`), as the form has them.
+#[derive(Default, Clone)]
+pub(crate) struct RouteForm {
+    pub(crate) websocket: bool,
+    pub(crate) block_exploits: bool,
+    pub(crate) http2: bool,
+    pub(crate) ssl_forced: bool,
+    pub(crate) adopt: bool,
+    pub(crate) certificate_id: String,
+    pub(crate) access_list_id: String,
+    pub(crate) advanced_config: String,
+}
+
+impl RouteForm {
+    fn of(r: &skipper_core::model::RouteOptions) -> Self {
+        let id = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_default();
+        Self {
+            websocket: r.websocket,
+            block_exploits: r.block_exploits,
+            http2: r.http2,
+            ssl_forced: r.ssl_forced,
+            adopt: r.adopt,
+            certificate_id: id(r.certificate_id),
+            access_list_id: id(r.access_list_id),
+            advanced_config: r.advanced_config.clone().unwrap_or_default(),
+        }
+    }
+
+    fn from_fields(f: &Fields) -> Self {
+        let t = |k: &str| f.get(k).unwrap_or_default().trim().to_owned();
+        Self {
+            websocket: f.checked("route_websocket"),
+            block_exploits: f.checked("route_block_exploits"),
+            http2: f.checked("route_http2"),
+            ssl_forced: f.checked("route_ssl_forced"),
+            adopt: f.checked("route_adopt"),
+            certificate_id: t("route_certificate_id"),
+            access_list_id: t("route_access_list_id"),
+            advanced_config: f
+                .get("route_advanced_config")
+                .unwrap_or_default()
+                .to_owned(),
+        }
+    }
+
+    /// Lay the form over `route` (the document's `route:`).
+    fn apply(&self, route: &mut Map<String, Value>) -> Result<(), ApiError> {
+        for (k, v) in [
+            ("websocket", self.websocket),
+            ("block_exploits", self.block_exploits),
+            ("http2", self.http2),
+            ("ssl_forced", self.ssl_forced),
+            ("adopt", self.adopt),
+        ] {
+            route.insert(k.into(), v.into());
+        }
+        for (k, v) in [
+            ("certificate_id", &self.certificate_id),
+            ("access_list_id", &self.access_list_id),
+        ] {
+            let id = match v.as_str() {
+                "" => Value::Null,
+                v => Value::from(v.parse::<u64>().map_err(|_| {
+                    ApiError::bad_request(format!("route_{k}: give the proxy's numeric id"))
+                })?),
+            };
+            route.insert(k.into(), id);
+        }
+        let advanced = self.advanced_config.trim();
+        route.insert(
+            "advanced_config".into(),
+            if advanced.is_empty() {
+                Value::Null
+            } else {
+                Value::String(self.advanced_config.clone())
+            },
+        );
+        Ok(())
+    }
 }
 
 /// One stage's fields, as text.
@@ -50,6 +138,8 @@ pub(crate) struct StageForm {
     pub(crate) confirm: bool,
     pub(crate) promote_from: String,
     pub(crate) subdomain: String,
+    /// The node the stage runs on (empty: the project's).
+    pub(crate) node: String,
 }
 
 fn lines(m: &BTreeMap<String, String>) -> String {
@@ -67,8 +157,13 @@ impl ProjectForm {
             registry: p.registry.clone().unwrap_or_default(),
             port: p.port.map(|p| p.to_string()).unwrap_or_default(),
             health_path: p.health.path.clone().unwrap_or_default(),
-            health_deadline: humantime::format_duration(p.health.deadline).to_string(),
+            health_interval: duration(p.health.interval),
+            health_timeout: duration(p.health.timeout),
+            health_deadline: duration(p.health.deadline),
+            health_settle: duration(p.health.settle),
             network: p.network.clone().unwrap_or_default(),
+            node: p.node.clone().unwrap_or_default(),
+            route: RouteForm::of(&p.route),
             env: lines(&p.env),
             volumes: p.volumes.join("\n"),
             labels: lines(&p.labels),
@@ -83,8 +178,13 @@ impl ProjectForm {
             registry: t("registry"),
             port: t("port"),
             health_path: t("health_path"),
+            health_interval: t("health_interval"),
+            health_timeout: t("health_timeout"),
             health_deadline: t("health_deadline"),
+            health_settle: t("health_settle"),
             network: t("network"),
+            node: t("node"),
+            route: RouteForm::from_fields(f),
             env: t("env"),
             volumes: t("volumes"),
             labels: t("labels"),
@@ -97,6 +197,7 @@ impl ProjectForm {
         doc.insert("image".into(), self.image.clone().into());
         set(doc, "registry", opt(&self.registry));
         set(doc, "network", opt(&self.network));
+        set(doc, "node", opt(self.node.trim()));
         let port = match self.port.as_str() {
             "" => None,
             p => Some(Value::from(p.parse::<u16>().map_err(|_| {
@@ -110,7 +211,26 @@ impl ProjectForm {
             .as_object_mut()
             .ok_or_else(|| ApiError::bad_request("healthcheck: not an object"))?;
         set(health, "path", opt(&self.health_path));
-        set(health, "deadline", opt(&self.health_deadline));
+        for (key, text) in [
+            ("interval", &self.health_interval),
+            ("timeout", &self.health_timeout),
+            ("deadline", &self.health_deadline),
+            ("settle", &self.health_settle),
+        ] {
+            let text = text.trim();
+            if !text.is_empty() && humantime::parse_duration(text).is_err() {
+                return Err(ApiError::bad_request(format!(
+                    "health_{key}: give a duration like 3s, 500ms or 1m 30s (not {text:?})"
+                )));
+            }
+            set(health, key, opt(text));
+        }
+        let route = doc
+            .entry("route")
+            .or_insert_with(|| json!({}))
+            .as_object_mut()
+            .ok_or_else(|| ApiError::bad_request("route: not an object"))?;
+        self.route.apply(route)?;
         doc.insert("env".into(), pairs("env", &self.env)?);
         doc.insert("labels".into(), pairs("labels", &self.labels)?);
         doc.insert(
@@ -124,6 +244,10 @@ impl ProjectForm {
         );
         Ok(())
     }
+}
+
+fn duration(d: std::time::Duration) -> String {
+    humantime::format_duration(d).to_string()
 }
 
 fn set(doc: &mut Map<String, Value>, key: &str, v: Option<Value>) {
@@ -166,6 +290,7 @@ impl StageForm {
             confirm: s.confirm,
             promote_from: s.promote_from.clone().unwrap_or_default(),
             subdomain: s.subdomain.clone().unwrap_or_default(),
+            node: s.node.clone().unwrap_or_default(),
         }
     }
 
@@ -192,6 +317,7 @@ impl StageForm {
             confirm: f.checked(&format!("{prefix}confirm")),
             promote_from: t("promote_from"),
             subdomain: t("subdomain"),
+            node: t("node").trim().to_owned(),
         }
     }
 
@@ -215,6 +341,9 @@ impl StageForm {
         if !self.subdomain.is_empty() {
             v["subdomain"] = self.subdomain.clone().into();
         }
+        if !self.node.is_empty() {
+            v["node"] = self.node.clone().into();
+        }
         Ok(v)
     }
 }
@@ -228,19 +357,22 @@ pub(crate) struct FieldError {
     pub(crate) message: String,
 }
 
-const PROJECT_FIELDS: [&str; 10] = [
+const PROJECT_FIELDS: [&str; 12] = [
     "image",
     "registry",
     "port",
     "healthcheck",
     "network",
+    "node",
+    "route",
     "env",
     "volumes",
     "labels",
     "name",
     "stages",
 ];
-const STAGE_FIELDS: [&str; 6] = [
+const STAGE_FIELDS: [&str; 7] = [
+    "node",
     "tag_pattern",
     "max_instances",
     "promote_from",
@@ -267,9 +399,13 @@ fn field_of(message: &str, form: &str) -> Option<FieldError> {
                     };
                     (f, (*field).to_owned())
                 }
-                ["projects", _, "healthcheck", "deadline", ..] => {
-                    ("project".into(), "health_deadline".into())
-                }
+                [
+                    "projects",
+                    _,
+                    "healthcheck",
+                    t @ ("interval" | "timeout" | "deadline" | "settle"),
+                    ..,
+                ] => ("project".into(), format!("health_{t}")),
                 ["projects", _, "healthcheck", ..] => ("project".into(), "health_path".into()),
                 ["projects", _, field, ..] if PROJECT_FIELDS.contains(field) => {
                     ("project".into(), (*field).to_owned())
@@ -283,7 +419,17 @@ fn field_of(message: &str, form: &str) -> Option<FieldError> {
             let field = field.trim();
             let known = PROJECT_FIELDS.contains(&field)
                 || STAGE_FIELDS.contains(&field)
-                || ["health_path", "health_deadline", "stage"].contains(&field);
+                || [
+                    "health_path",
+                    "health_interval",
+                    "health_timeout",
+                    "health_deadline",
+                    "health_settle",
+                    "route_certificate_id",
+                    "route_access_list_id",
+                    "stage",
+                ]
+                .contains(&field);
             if !known {
                 return None;
             }
@@ -359,9 +505,15 @@ pub(crate) async fn new_form(Extension(c): Extension<Current>) -> Response {
     edit_page(
         &c,
         false,
-        ProjectForm {
-            health_deadline: "60s".into(),
-            ..ProjectForm::default()
+        {
+            let d = skipper_core::model::HealthCheck::default();
+            ProjectForm {
+                health_interval: duration(d.interval),
+                health_timeout: duration(d.timeout),
+                health_deadline: duration(d.deadline),
+                health_settle: duration(d.settle),
+                ..ProjectForm::default()
+            }
         },
         StageForm::new_default(),
         Vec::new(),

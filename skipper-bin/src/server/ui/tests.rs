@@ -1007,6 +1007,125 @@ async fn registries_are_added_edited_and_deleted_their_tokens_never_shown() {
     assert!(!page.text.contains("id=\"registry-ghcr\""));
 }
 
+#[tokio::test]
+async fn the_project_form_edits_every_field_of_skipper_yaml() {
+    let t = harness().await;
+    let b = t.sign_in().await;
+    let made = [
+        ("name", "shop"),
+        ("image", REPO),
+        ("stage_name", "dev"),
+        ("stage_tag_pattern", "*"),
+        ("stage_node", "edge-1"),
+    ];
+    // `new` is this form's own page: a project cannot take the name.
+    let mut taken = made.to_vec();
+    taken[0] = ("name", "new");
+    let r = t.submit("/projects/new", &b, &taken).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+    assert!(r.text.contains("id=\"name-error\""), "{}", r.text);
+    let r = t.submit("/projects/new", &b, &made).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text);
+    assert_eq!(
+        t.state.engine.project("shop").await.unwrap().stages["dev"]
+            .node
+            .as_deref(),
+        Some("edge-1")
+    );
+    let every = [
+        ("image", REPO),
+        ("registry", ""),
+        ("port", "8080"),
+        ("health_path", "/up"),
+        ("health_interval", "2s"),
+        ("health_timeout", "3s"),
+        ("health_deadline", "40s"),
+        ("health_settle", "4s"),
+        ("network", "shop-net"),
+        ("node", "host-1"),
+        ("env", "A=1"),
+        ("volumes", "data:/data"),
+        ("labels", "team=web"),
+        ("route_websocket", "on"),
+        ("route_http2", "on"),
+        ("route_certificate_id", "7"),
+        ("route_access_list_id", "3"),
+        ("route_advanced_config", "client_max_body_size 10m;"),
+    ];
+    let r = t.submit("/projects/shop/edit", &b, &every).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text);
+    let p = t.state.engine.project("shop").await.unwrap();
+    let h = &p.health;
+    assert_eq!(
+        (h.interval, h.timeout, h.deadline, h.settle),
+        (
+            Duration::from_secs(2),
+            Duration::from_secs(3),
+            Duration::from_secs(40),
+            Duration::from_secs(4)
+        )
+    );
+    assert_eq!(p.node.as_deref(), Some("host-1"));
+    assert_eq!(p.network.as_deref(), Some("shop-net"));
+    assert_eq!(p.volumes, vec!["data:/data".to_owned()]);
+    let r = &p.route;
+    assert!(r.websocket && r.http2 && !r.block_exploits && !r.ssl_forced && !r.adopt);
+    assert_eq!((r.certificate_id, r.access_list_id), (Some(7), Some(3)));
+    assert_eq!(
+        r.advanced_config.as_deref(),
+        Some("client_max_body_size 10m;")
+    );
+    // The form shows them all again, and a box left unticked turns an option off.
+    let edit = t.get("/projects/shop/edit", Some(&b)).await;
+    for shown in [
+        "value=\"2s\"",
+        "value=\"host-1\"",
+        "value=\"edge-1\"",
+        "value=\"7\"",
+        "client_max_body_size 10m;",
+    ] {
+        assert!(edit.text.contains(shown), "{shown}: {}", edit.text);
+    }
+    let off: Vec<(&str, &str)> = every
+        .iter()
+        .copied()
+        .filter(|(k, _)| *k != "route_websocket" && *k != "route_certificate_id")
+        .collect();
+    let r = t.submit("/projects/shop/edit", &b, &off).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text);
+    let p = t.state.engine.project("shop").await.unwrap();
+    assert!(!p.route.websocket && p.route.http2);
+    assert_eq!(p.route.certificate_id, None);
+    // Saving a stage keeps its node; a bad timing or id is refused at its field.
+    let r = t
+        .submit(
+            "/projects/shop/stages/dev/edit",
+            &b,
+            &[("stage_tag_pattern", "v*"), ("stage_node", "edge-1")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text);
+    let p = t.state.engine.project("shop").await.unwrap();
+    assert_eq!(p.stages["dev"].node.as_deref(), Some("edge-1"));
+    assert_eq!(p.stages["dev"].tag_pattern, "v*");
+    let mut bad = every.to_vec();
+    bad.push(("health_settle", "soon"));
+    bad.retain(|(k, v)| *k != "health_settle" || *v == "soon");
+    let r = t.submit("/projects/shop/edit", &b, &bad).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+    assert!(r.text.contains("id=\"health_settle-error\""), "{}", r.text);
+    let mut bad = every.to_vec();
+    bad.retain(|(k, _)| *k != "route_access_list_id");
+    bad.push(("route_access_list_id", "three"));
+    let r = t.submit("/projects/shop/edit", &b, &bad).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+    assert!(
+        r.text.contains("give the proxy&#39;s numeric id") || r.text.contains("numeric id"),
+        "{}",
+        r.text
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn projects_and_stages_are_made_edited_and_deleted_with_errors_at_their_fields() {
     let t = harness().await;

@@ -2,7 +2,9 @@
 //  - body[data-live="all"]: listen to /events (the server's event stream) and re-render the
 //    page's #live region when something happens (fetch the page again, swap the region).
 //  - body[data-live="deploy:<id>"]: list the deployment's steps from /deploys/<id>/events as
-//    they happen; on "done", re-render the region to show the outcome.
+//    they happen; on "done", re-render the region to show the outcome. A live view never
+//    stalls: while the stream is quiet (a proxy that buffers, a connection lost without an
+//    error) the region is re-rendered from the server every few seconds.
 //  - form[data-confirm] (or its submit button's): ask first. form[data-fetch]: submit without leaving the page, then
 //    show the page the server answered with. form[data-busy]: say what is happening.
 //  - button[data-copy]: copy a field (the webhook URL).
@@ -75,19 +77,32 @@
   }
 
   let source = null;
+  let heard = Date.now();
+  let watchdog = null;
   function connect() {
     if (source) { source.close(); source = null; }
+    clearInterval(watchdog);
+    watchdog = null;
     const live = document.body.dataset.live || "";
-    if (!live || !window.EventSource) return;
+    if (!live) return;
+    if (live.startsWith("deploy:")) {
+      // Quiet for 5 s: ask the server for the page as it is now (the outcome included).
+      heard = Date.now();
+      watchdog = setInterval(() => {
+        if (Date.now() - heard >= 5000) { heard = Date.now(); refresh(); }
+      }, 1000);
+    }
+    if (!window.EventSource) return;
     if (live === "all") {
       source = new EventSource("/events");
-      for (const kind of ["deploy.started", "deploy.finished", "event", "lagged"]) {
+      for (const kind of ["deploy.started", "deploy.finished", "event", "instance", "lagged"]) {
         source.addEventListener(kind, soon);
       }
     } else if (live.startsWith("deploy:")) {
       const id = live.slice("deploy:".length);
       source = new EventSource("/deploys/" + encodeURIComponent(id) + "/events");
       source.addEventListener("step", (e) => {
+        heard = Date.now();
         const s = JSON.parse(e.data);
         const list = document.getElementById("steps");
         if (!list) return;
