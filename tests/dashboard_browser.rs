@@ -209,7 +209,23 @@ fn run(
     b.screenshot(&shots.join("project.png"));
 
     // A deploy that fails: its page says which step, why, and what the container printed.
+    // The tag chosen survives a live update of the page arriving meanwhile.
     b.click("#tag-dev option[value='crash']");
+    b.exec("document.getElementById('live').dataset.mark = 'before'; return null");
+    let (code, _) = common::api::curl(
+        &server.addr,
+        "POST",
+        "/v1/notifications/test",
+        None,
+        Some(TOKEN),
+    );
+    assert_eq!(code, 202);
+    b.wait(30, "#live:not([data-mark])");
+    assert_eq!(
+        b.exec("return document.getElementById('tag-dev').value"),
+        "crash",
+        "the tag chosen was kept through the live update"
+    );
     b.click("#deploy-dev");
     b.wait(10, "#steps");
     outcome(b, 90, "failed");

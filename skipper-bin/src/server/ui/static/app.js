@@ -1,6 +1,7 @@
 // Skipper's dashboard script: the pages work without it; with it they are live.
 //  - body[data-live="all"]: listen to /events (the server's event stream) and re-render the
-//    page's #live region when something happens (fetch the page again, swap the region).
+//    page's #live region when something happens (fetch the page again, swap the region),
+//    keeping what the user changed in its forms.
 //  - body[data-live="deploy:<id>"]: list the deployment's steps from /deploys/<id>/events as
 //    they happen; on "done", re-render the region to show the outcome. A live view never
 //    stalls: while the stream is quiet (a proxy that buffers, a connection lost without an
@@ -20,13 +21,32 @@
   }
 
   // Swap #live with the same region of `html` (a whole page the server rendered).
-  function swap(html) {
+  function swap(html, keep) {
     const doc = new DOMParser().parseFromString(html, "text/html");
     const fresh = doc.getElementById("live");
     const here = document.getElementById("live");
     if (!fresh || !here) return false;
     const focused = document.activeElement && document.activeElement.id;
+    // What the user changed in a form (a tag chosen, a field typed in) survives the update.
+    const changed = [];
+    for (const el of keep ? here.querySelectorAll("input[id], select[id], textarea[id]") : []) {
+      if (el.type === "hidden") continue;
+      if (el.type === "checkbox" || el.type === "radio") {
+        if (el.checked !== el.defaultChecked) changed.push([el.id, "checked", el.checked]);
+      } else if (el instanceof HTMLSelectElement) {
+        const initial = Array.from(el.options).find((o) => o.defaultSelected) || el.options[0];
+        if (initial && el.value !== initial.value) changed.push([el.id, "value", el.value]);
+      } else if (el.value !== el.defaultValue) {
+        changed.push([el.id, "value", el.value]);
+      }
+    }
     here.replaceWith(fresh);
+    for (const [id, prop, v] of changed) {
+      const el = document.getElementById(id);
+      if (!el) continue;
+      if (el instanceof HTMLSelectElement && !Array.from(el.options).some((o) => o.value === v)) continue;
+      el[prop] = v;
+    }
     if (doc.title) document.title = doc.title;
     const live = doc.body.dataset.live;
     if (live !== undefined && live !== document.body.dataset.live) {
@@ -46,7 +66,7 @@
     if (refreshing) { again = true; return; }
     refreshing = fetch(location.href, { headers: { "x-skipper-refresh": "1" }, credentials: "same-origin" })
       .then((r) => (r.redirected && new URL(r.url).pathname === "/login" ? (location.href = r.url, "") : r.text()))
-      .then((html) => { if (html) swap(html); })
+      .then((html) => { if (html) swap(html, true); })
       .catch(() => {})
       .finally(() => {
         refreshing = null;
@@ -149,7 +169,7 @@
         if (r.redirected && path !== location.pathname) { location.href = r.url; return null; }
         return r.text();
       })
-      .then((html) => { if (html !== null && !swap(html)) location.reload(); })
+      .then((html) => { if (html !== null && !swap(html, false)) location.reload(); })
       .catch(() => location.reload());
   });
 
