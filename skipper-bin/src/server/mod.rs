@@ -620,6 +620,10 @@ pub(crate) async fn run(
         tasks.spawn(async move {
             let mut seen = std::collections::HashMap::new();
             loop {
+                // The heartbeats since the last pass, in one commit.
+                if let Err(e) = s.nodes.flush_heartbeats() {
+                    tracing::warn!(error = ?e, "cannot write heartbeats to server.db; kept for the next pass");
+                }
                 if let Ok(list) = s.nodes.list() {
                     for (id, online) in nodes::transitions(&mut seen, &list) {
                         let (kind, message) = if online {
@@ -651,7 +655,10 @@ pub(crate) async fn run(
                     }
                 }
                 tokio::select! {
-                    () = s.shutdown.cancelled() => return,
+                    () = s.shutdown.cancelled() => {
+                        let _ = s.nodes.flush_heartbeats();
+                        return;
+                    }
                     () = tokio::time::sleep(s.nodes.heartbeat) => {}
                 }
             }

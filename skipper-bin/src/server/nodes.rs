@@ -8,6 +8,12 @@
 //! Work orders: queued per node, handed out by priority then first in, first out, atomically
 //! with a lease (`UPDATE … RETURNING` in one statement); an order whose lease lapses is handed
 //! out again; past its deadline it is `expired`.
+//!
+//! At fleet scale every agent request touches its node: the signing keys are kept in memory
+//! (read from `server.db` once; a rotation or revocation, which only this server makes, drops
+//! them), and heartbeats are recorded in memory and written to `server.db` in one transaction
+//! per [`Nodes::flush_heartbeats`] (every heartbeat interval), so `server.db` is never more than
+//! an interval behind and a thousand heartbeats cost one commit, not a thousand.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -66,6 +72,19 @@ pub(crate) struct Nodes {
     done: Mutex<HashMap<String, Arc<tokio::sync::Notify>>>,
     /// How often agents are told to send a heartbeat.
     pub(crate) heartbeat: Duration,
+    /// Each node's keys as last read from `server.db` (dropped when this server changes them).
+    keys: Mutex<HashMap<String, Keys>>,
+    /// Heartbeats not yet written to `server.db`: node → when.
+    beats: Mutex<HashMap<String, i64>>,
+}
+
+/// A node's signing keys and rotation state, as `server.db` has them.
+#[derive(Clone)]
+struct Keys {
+    current: String,
+    /// A rotated key and until when it is valid.
+    old: Option<(String, i64)>,
+    pending: Option<String>,
 }
 
 /// The HMAC key of a token: the hex SHA-256 of the token (what the server keeps).
@@ -190,6 +209,8 @@ impl Nodes {
             wake: Mutex::new(HashMap::new()),
             done: Mutex::new(HashMap::new()),
             heartbeat,
+            keys: Mutex::new(HashMap::new()),
+            beats: Mutex::new(HashMap::new()),
         })
     }
 
@@ -242,6 +263,9 @@ impl Nodes {
             )
             .optional()?;
         let (id, role, region, created, hb) = row.ok_or(NodeError::NotFound)?;
+        // Read under the same lock as the row: a flush between the two cannot hide both.
+        let hb = self.latest(&id, hb);
+        drop(c);
         Ok(Node {
             id,
             role,
@@ -252,18 +276,92 @@ impl Nodes {
         })
     }
 
+    /// The newer of a stored heartbeat and one not written yet.
+    fn latest(&self, id: &str, stored: Option<i64>) -> Option<i64> {
+        let pending = self
+            .beats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .copied();
+        stored.max(pending)
+    }
+
+    /// Every node, in one read.
     pub(crate) fn list(&self) -> R<Vec<Node>> {
-        let ids: Vec<String> = {
+        type Row = (String, String, Option<String>, i64, Option<i64>);
+        let (rows, beats): (Vec<Row>, HashMap<String, i64>) = {
             let c = self.db();
-            let mut s = c.prepare("SELECT id FROM nodes ORDER BY id")?;
-            s.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?
+            let mut s = c.prepare(
+                "SELECT id, role, region, created_ms, heartbeat_ms FROM nodes ORDER BY id",
+            )?;
+            let rows = s
+                .query_map([], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                })?
+                .collect::<Result<_, _>>()?;
+            // The heartbeats not written yet, read under the same lock as the rows.
+            let beats = self.beats.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            (rows, beats)
         };
-        ids.iter().map(|i| self.get(i)).collect()
+        Ok(rows
+            .into_iter()
+            .map(|(id, role, region, created, hb)| {
+                let hb = hb.max(beats.get(&id).copied());
+                Node {
+                    status: self.status(hb),
+                    last_heartbeat: hb.map(rfc3339),
+                    created_at: rfc3339(created),
+                    id,
+                    role,
+                    region,
+                }
+            })
+            .collect())
+    }
+
+    fn forget(&self, id: &str) {
+        self.keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+    }
+
+    /// The node's keys: from memory, else from `server.db`.
+    fn keys_of(&self, id: &str) -> R<Keys> {
+        if let Some(k) = self.keys.lock().unwrap_or_else(|e| e.into_inner()).get(id) {
+            return Ok(k.clone());
+        }
+        type Row = (String, Option<String>, Option<i64>, Option<String>);
+        let row: Option<Row> = self
+            .db()
+            .query_row(
+                "SELECT token, old_token, old_until_ms, pending_token FROM nodes WHERE id = ?1",
+                params![id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()?;
+        let (current, old, until, pending) = row.ok_or(NodeError::NotFound)?;
+        let k = Keys {
+            current,
+            old: old.zip(until),
+            pending,
+        };
+        self.keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_owned(), k.clone());
+        Ok(k)
     }
 
     /// Revoke at once: the node and its queued orders go.
     pub(crate) fn delete(&self, id: &str) -> R<()> {
         let c = self.db();
+        self.forget(id);
+        self.beats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
         if c.execute("DELETE FROM nodes WHERE id = ?1", params![id])? == 0 {
             return Err(NodeError::NotFound);
         }
@@ -284,6 +382,7 @@ impl Nodes {
             "UPDATE nodes SET old_token = token, old_until_ms = ?2, token = ?3, pending_token = ?4 WHERE id = ?1",
             params![id, now_ms() + OVERLAP.as_millis() as i64, signing_key(&token), token],
         )?;
+        self.forget(id);
         if n == 0 {
             return Err(NodeError::NotFound);
         }
@@ -292,17 +391,9 @@ impl Nodes {
 
     /// The keys a node may sign with now: the current one, then a rotated one still valid.
     pub(crate) fn keys(&self, id: &str) -> R<Vec<String>> {
-        let c = self.db();
-        let row: Option<(String, Option<String>, Option<i64>)> = c
-            .query_row(
-                "SELECT token, old_token, old_until_ms FROM nodes WHERE id = ?1",
-                params![id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .optional()?;
-        let (token, old, until) = row.ok_or(NodeError::NotFound)?;
-        let mut out = vec![token];
-        if let (Some(old), Some(until)) = (old, until)
+        let k = self.keys_of(id)?;
+        let mut out = vec![k.current];
+        if let Some((old, until)) = k.old
             && until > now_ms()
         {
             out.push(old);
@@ -310,37 +401,95 @@ impl Nodes {
         Ok(out)
     }
 
-    /// The agent signed with its current token: a rotated old one is retired now.
+    /// The agent signed with its current token: a rotated old one is retired now (nothing to
+    /// write when there is none).
     pub(crate) fn confirm_current(&self, id: &str) {
+        match self.keys_of(id) {
+            Ok(k) if k.old.is_none() && k.pending.is_none() => return,
+            Err(_) => return,
+            Ok(_) => {}
+        }
         let c = self.db();
         let _ = c.execute(
             "UPDATE nodes SET old_token = NULL, old_until_ms = NULL, pending_token = NULL WHERE id = ?1",
             params![id],
         );
+        self.forget(id);
     }
 
     /// A rotated token the agent has not switched to yet.
     pub(crate) fn pending_token(&self, id: &str) -> Option<String> {
-        self.db()
-            .query_row(
-                "SELECT pending_token FROM nodes WHERE id = ?1",
-                params![id],
-                |r| r.get(0),
-            )
-            .optional()
-            .ok()
-            .flatten()
-            .flatten()
+        self.keys_of(id).ok().and_then(|k| k.pending)
     }
 
-    /// Record a heartbeat; whether the node was offline before (it is online now).
+    /// Record a heartbeat (in memory; [`flush_heartbeats`](Self::flush_heartbeats) writes it);
+    /// whether the node was offline before (it is online now). A node that comes online is
+    /// written at once.
     pub(crate) fn heartbeat(&self, id: &str) -> R<bool> {
-        let before = self.get(id)?.status;
-        self.db().execute(
-            "UPDATE nodes SET heartbeat_ms = ?2 WHERE id = ?1",
-            params![id, now_ms()],
-        )?;
-        Ok(before == "offline")
+        let now = now_ms();
+        let pending = self
+            .beats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .copied();
+        let was_online = match pending {
+            // Written or not, a recent heartbeat in memory says it all.
+            Some(last) if self.status(Some(last)) == "online" => true,
+            _ => self.get(id)?.status == "online",
+        };
+        if was_online {
+            self.beats
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(id.to_owned(), now);
+        } else {
+            let n = self.db().execute(
+                "UPDATE nodes SET heartbeat_ms = ?2 WHERE id = ?1",
+                params![id, now],
+            )?;
+            if n == 0 {
+                return Err(NodeError::NotFound);
+            }
+            self.beats
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(id);
+        }
+        Ok(!was_online)
+    }
+
+    /// Write the heartbeats kept in memory to `server.db`, in one transaction; how many.
+    pub(crate) fn flush_heartbeats(&self) -> R<usize> {
+        // The db lock first (as readers take it), then the heartbeats.
+        let mut c = self.db();
+        let beats = std::mem::take(&mut *self.beats.lock().unwrap_or_else(|e| e.into_inner()));
+        if beats.is_empty() {
+            return Ok(0);
+        }
+        let r = (|| {
+            let tx = c.transaction()?;
+            {
+                let mut st = tx.prepare_cached(
+                    "UPDATE nodes SET heartbeat_ms = MAX(COALESCE(heartbeat_ms, 0), ?2) WHERE id = ?1",
+                )?;
+                for (id, at) in &beats {
+                    st.execute(params![id, at])?;
+                }
+            }
+            tx.commit()
+        })();
+        if let Err(e) = r {
+            // Kept for the next flush (a newer heartbeat meanwhile wins).
+            drop(c);
+            let mut now = self.beats.lock().unwrap_or_else(|e| e.into_inner());
+            for (id, at) in beats {
+                let e = now.entry(id).or_insert(at);
+                *e = (*e).max(at);
+            }
+            return Err(e.into());
+        }
+        Ok(beats.len())
     }
 
     fn notify_for(&self, node: &str) -> Arc<tokio::sync::Notify> {
@@ -622,6 +771,55 @@ mod tests {
         assert_eq!(n.keys("host-1").unwrap(), vec![signing_key(&new)]);
         n.delete("host-1").unwrap();
         assert!(matches!(n.keys("host-1"), Err(NodeError::NotFound)));
+    }
+
+    #[test]
+    fn heartbeats_are_written_in_one_batch_and_seen_before_they_are() {
+        let n = Nodes::in_memory(Duration::from_secs(5));
+        for id in ["a", "b"] {
+            n.register(id, "worker", None, None).unwrap();
+        }
+        let stored = |id: &str| -> Option<i64> {
+            n.db()
+                .query_row("SELECT heartbeat_ms FROM nodes WHERE id = ?1", [id], |r| {
+                    r.get(0)
+                })
+                .unwrap()
+        };
+        // Coming online is written at once (a restart, or the CLI, sees it).
+        assert!(n.heartbeat("a").unwrap());
+        assert!(stored("a").is_some(), "written");
+        // (As if it came a second ago.)
+        n.db()
+            .execute("UPDATE nodes SET heartbeat_ms = heartbeat_ms - 1000", [])
+            .unwrap();
+        let first = stored("a").unwrap();
+        // Then in memory: the API sees it now, server.db after the flush.
+        assert!(!n.heartbeat("a").unwrap());
+        assert!(n.heartbeat("b").unwrap());
+        assert_eq!(stored("a"), Some(first), "not written yet");
+        let later = n.get("a").unwrap().last_heartbeat;
+        assert_ne!(later, Some(rfc3339(first)), "the newer one is shown");
+        assert_eq!(
+            n.list()
+                .unwrap()
+                .iter()
+                .filter(|x| x.status == "online")
+                .count(),
+            2
+        );
+        assert_eq!(n.flush_heartbeats().unwrap(), 1);
+        assert!(stored("a").unwrap() > first);
+        assert_eq!(n.flush_heartbeats().unwrap(), 0, "nothing left");
+        assert!(matches!(n.heartbeat("nope"), Err(NodeError::NotFound)));
+        // A revoked node's heartbeat kept in memory goes with it.
+        n.heartbeat("b").unwrap();
+        n.delete("b").unwrap();
+        assert_eq!(n.flush_heartbeats().unwrap(), 0);
+        assert!(
+            matches!(n.keys("b"), Err(NodeError::NotFound)),
+            "its keys went too"
+        );
     }
 
     #[test]

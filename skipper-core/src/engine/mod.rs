@@ -15,7 +15,7 @@ mod reconcile;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -295,6 +295,7 @@ impl EngineBuilder {
                 tracker: TaskTracker::new(),
                 shutdown: CancellationToken::new(),
                 closing: AtomicBool::new(false),
+                passes: AtomicU64::new(0),
                 activity: tokio::sync::broadcast::channel(ACTIVITY_BUFFER).0,
             }),
         }
@@ -316,6 +317,8 @@ struct Inner {
     tracker: TaskTracker,
     shutdown: CancellationToken,
     closing: AtomicBool,
+    /// Reconcile passes so far (nodes no stage names are looked at every few).
+    passes: AtomicU64,
     activity: tokio::sync::broadcast::Sender<Activity>,
 }
 

@@ -385,3 +385,24 @@ async fn what_cannot_wait_is_refused_at_once_while_its_node_is_offline() {
     let d = f.engine.rollback("web", "dev").await.unwrap();
     assert_eq!((d.status, d.tag.as_str()), (DeployStatus::Succeeded, "v1"));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_node_no_stage_names_is_looked_at_every_few_passes_not_every_pass() {
+    // A fleet of idle nodes: each pass asks the nodes stages run on; the others on the first
+    // pass and every tenth (their orphans are found then).
+    let f = fleet(false).await;
+    let idle = runtime();
+    f.nodes.add("n2", idle.clone());
+    f.deploy("dev", "v1").await;
+    let (busy_before, idle_before) = (f.remote.calls(Op::List), idle.calls(Op::List));
+    for _ in 0..11 {
+        let report = f.engine.reconcile().await.unwrap();
+        assert!(report.is_clean(), "{report:?}");
+    }
+    assert_eq!(
+        f.remote.calls(Op::List) - busy_before,
+        11,
+        "n1 runs a stage: every pass"
+    );
+    assert_eq!(idle.calls(Op::List) - idle_before, 2, "n2: passes 1 and 11");
+}

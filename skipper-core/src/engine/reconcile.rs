@@ -18,6 +18,7 @@
 //! reported as foreign and left alone.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use chrono::Utc;
 use serde::Serialize;
@@ -149,6 +150,12 @@ fn label<'a>(c: &'a ContainerInfo, key: &str) -> Option<&'a str> {
     c.labels.get(key).map(String::as_str)
 }
 
+/// Nodes no stage names are looked at on the first reconcile pass and every this many after.
+const IDLE_NODES_EVERY: u64 = 10;
+
+/// How many nodes one reconcile pass asks for their containers at a time.
+const NODE_LISTS_AT_ONCE: usize = 16;
+
 impl Engine {
     /// Reconcile every stage of every project, and remove this store's containers of unknown
     /// projects. Stages busy with another operation are skipped (and listed in the report).
@@ -166,35 +173,60 @@ impl Engine {
             .map(|p| (p.name.clone(), p))
             .collect();
         let at = chrono::Utc::now();
-        // The nodes to look at: the engine's own host, every node a stage runs on, and every
-        // node known (orphans on a node no project names any more).
+        // The nodes to look at: the engine's own host, every node a stage runs on, and, on
+        // the first pass and every IDLE_NODES_EVERY-th after, every node known (orphans on a
+        // node no project names any more: a fleet of idle nodes is not asked every pass).
         let mut nodes: BTreeSet<Option<String>> = BTreeSet::from([None]);
         for p in projects.values() {
             for s in p.stages.keys() {
                 nodes.insert(p.node_of(s).map(str::to_owned));
             }
         }
-        nodes.extend(self.known_nodes().into_iter().map(Some));
+        let pass = self
+            .inner
+            .passes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if pass % IDLE_NODES_EVERY == 0 {
+            nodes.extend(self.known_nodes().into_iter().map(Some));
+        }
         let mut report = ReconcileReport::default();
         // This store's containers by node; a node that cannot be read now is left for later.
+        // The nodes are asked side by side (at most NODE_LISTS_AT_ONCE at a time).
         let mut containers: BTreeMap<Option<String>, Vec<ContainerInfo>> = BTreeMap::new();
-        for node in nodes {
-            let listed = match node.as_deref() {
-                None => self.managed_containers(None).await?,
-                Some(n) if !self.reachable(Some(n)) => {
-                    report.unreachable.push(n.to_owned());
+        let mut listed = vec![(None, self.managed_containers(None).await?)];
+        let permits = Arc::new(tokio::sync::Semaphore::new(NODE_LISTS_AT_ONCE));
+        let mut asks = tokio::task::JoinSet::new();
+        for n in nodes.into_iter().flatten() {
+            if !self.reachable(Some(&n)) {
+                report.unreachable.push(n);
+                continue;
+            }
+            let (this, permits) = (self.clone(), permits.clone());
+            asks.spawn(async move {
+                let _permit = permits.acquire_owned().await;
+                let r = this.managed_containers(Some(&n)).await;
+                (n, r)
+            });
+        }
+        while let Some(done) = asks.join_next().await {
+            let (n, r) = match done {
+                Ok(done) => done,
+                Err(e) => {
+                    tracing::warn!(error = %e, "a node's container list did not finish");
                     continue;
                 }
-                Some(n) => match self.managed_containers(Some(n)).await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::warn!(node = n, error = %e.chain(), "cannot reach the node; its stages are reconciled on a later pass");
-                        report.unreachable.push(n.to_owned());
-                        continue;
-                    }
-                },
             };
-            let (ours, foreign) = self.split_owned(listed).await?;
+            match r {
+                Ok(c) => listed.push((Some(n), c)),
+                Err(e) => {
+                    tracing::warn!(node = %n, error = %e.chain(), "cannot reach the node; its stages are reconciled on a later pass");
+                    report.unreachable.push(n);
+                }
+            }
+        }
+        report.unreachable.sort();
+        for (node, list) in listed {
+            let (ours, foreign) = self.split_owned(list).await?;
             report.foreign.extend(foreign.into_iter().map(|c| c.name));
             containers.insert(node, ours);
         }
