@@ -186,7 +186,7 @@ impl Engine {
             .inner
             .passes
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if pass % IDLE_NODES_EVERY == 0 {
+        if pass.is_multiple_of(IDLE_NODES_EVERY) {
             nodes.extend(self.known_nodes().into_iter().map(Some));
         }
         let mut report = ReconcileReport::default();
