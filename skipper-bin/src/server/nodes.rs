@@ -76,6 +76,8 @@ pub(crate) struct Nodes {
     keys: Mutex<HashMap<String, Keys>>,
     /// Heartbeats not yet written to `server.db`: node → when.
     beats: Mutex<HashMap<String, i64>>,
+    /// The last heartbeat this server had from each node, written or not.
+    seen: Mutex<HashMap<String, i64>>,
 }
 
 /// A node's signing keys and rotation state, as `server.db` has them.
@@ -211,6 +213,7 @@ impl Nodes {
             heartbeat,
             keys: Mutex::new(HashMap::new()),
             beats: Mutex::new(HashMap::new()),
+            seen: Mutex::new(HashMap::new()),
         })
     }
 
@@ -301,7 +304,7 @@ impl Nodes {
                 })?
                 .collect::<Result<_, _>>()?;
             // The heartbeats not written yet, read under the same lock as the rows.
-            let beats = self.beats.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let beats = self.seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
             (rows, beats)
         };
         Ok(rows
@@ -427,23 +430,19 @@ impl Nodes {
     /// written at once.
     pub(crate) fn heartbeat(&self, id: &str) -> R<bool> {
         let now = now_ms();
-        let pending = self
-            .beats
+        let last = self
+            .seen
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(id)
             .copied();
-        let was_online = match pending {
-            // Written or not, a recent heartbeat in memory says it all.
+        let was_online = match last {
+            // A recent heartbeat this server had says it all.
             Some(last) if self.status(Some(last)) == "online" => true,
             _ => self.get(id)?.status == "online",
         };
-        if was_online {
-            self.beats
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(id.to_owned(), now);
-        } else {
+        if !was_online {
+            // Coming online is written at once.
             let n = self.db().execute(
                 "UPDATE nodes SET heartbeat_ms = ?2 WHERE id = ?1",
                 params![id, now],
@@ -451,11 +450,16 @@ impl Nodes {
             if n == 0 {
                 return Err(NodeError::NotFound);
             }
+        } else {
             self.beats
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .remove(id);
+                .insert(id.to_owned(), now);
         }
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_owned(), now);
         Ok(!was_online)
     }
 
