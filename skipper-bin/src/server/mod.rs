@@ -487,6 +487,22 @@ async fn reconcile_loop(s: AppState, wake: Arc<tokio::sync::Notify>) {
     }
 }
 
+/// Listen on `addr` with a deep accept queue: a fleet of agents reconnecting at once (a
+/// server restart, a network back) must not overflow it (tokio's `bind` asks for 1,024; each
+/// connection the kernel drops waits a second for its SYN to be sent again). The kernel caps
+/// the depth at `net.core.somaxconn`.
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    const BACKLOG: u32 = 8192;
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
 /// Run `skipper serve` until SIGINT/SIGTERM.
 pub(crate) async fn run(
     built: crate::app::App,
@@ -666,14 +682,12 @@ pub(crate) async fn run(
     }
 
     let router = app(state.clone());
-    let listener = tokio::net::TcpListener::bind(opts.listen)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {} (is another server there? set --listen or SKIPPER_LISTEN)",
-                opts.listen
-            )
-        })?;
+    let listener = listen(opts.listen).with_context(|| {
+        format!(
+            "cannot listen on {} (is another server there? set --listen or SKIPPER_LISTEN)",
+            opts.listen
+        )
+    })?;
     if let Some(addr) = opts.metrics_listen {
         let l = tokio::net::TcpListener::bind(addr)
             .await
