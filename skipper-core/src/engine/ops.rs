@@ -133,7 +133,7 @@ impl Engine {
                 {
                     this.reconcile_stage(&project, stage).await?;
                 }
-                this.instance_op_locked(&found.id, op).await
+                this.instance_op_locked(&found.id, op, &lock.fence()).await
             }
             .await;
             lock.release().await;
@@ -145,12 +145,19 @@ impl Engine {
         .await
     }
 
-    async fn instance_op_locked(&self, id: &str, op: InstanceOp) -> Result<Instance> {
+    /// One operation on an instance, under its stage's lease: every store write is fenced by
+    /// it (a holder that lost the lease writes nothing) and time-limited like a deploy's.
+    async fn instance_op_locked(
+        &self,
+        id: &str,
+        op: InstanceOp,
+        fence: &crate::backend::Fence,
+    ) -> Result<Instance> {
         let store = &self.inner.store;
         let t = self.inner.settings.timeouts.clone();
         let grace = self.inner.settings.stop_grace;
-        let mut inst = store
-            .get_instance(id)
+        let mut inst = self
+            .stored(|| "instance read", store.get_instance(id))
             .await?
             .ok_or_else(|| Error::not_found(format!("instance {id:?}")))?;
         let node = self.node_of_stage(&inst.project, &inst.stage).await?;
@@ -191,7 +198,7 @@ impl Engine {
                 inst.state = InstanceState::Running;
             }
             InstanceOp::Remove => {
-                self.unroute(&inst).await?;
+                self.unroute(&inst, fence).await?;
                 if let Some(c) = &cid {
                     timed(
                         || "container removal".into(),
@@ -236,18 +243,17 @@ impl Engine {
             }
         }
         inst.updated_at = Utc::now();
-        store.put_instance(&inst).await?;
+        self.write(fence, std::slice::from_ref(&inst), None).await?;
         Ok(inst)
     }
 
     /// Remove an instance's routes; if it is active, hand the stage's domain to the newest
     /// other running instance (or remove it).
-    async fn unroute(&self, inst: &Instance) -> Result<()> {
-        let store = &self.inner.store;
+    async fn unroute(&self, inst: &Instance, fence: &crate::backend::Fence) -> Result<()> {
         let project = self.project(&inst.project).await?;
         let stage = project.stage(&inst.stage)?.clone();
-        let others: Vec<Instance> = store
-            .list_instances(&InstanceFilter {
+        let others: Vec<Instance> = self
+            .list_instances_timed(&InstanceFilter {
                 project: Some(inst.project.clone()),
                 stage: Some(inst.stage.clone()),
             })
@@ -303,7 +309,7 @@ impl Engine {
         if let Some(mut s) = successor {
             s.active = true;
             s.updated_at = Utc::now();
-            store.put_instance(&s).await?;
+            self.write(fence, std::slice::from_ref(&s), None).await?;
         }
         Ok(())
     }

@@ -1448,6 +1448,37 @@ async fn a_commit_refused_for_a_lost_lease_puts_no_route_back() {
     assert_eq!(h.rt.running(), vec![v3.container_id.clone().unwrap()]);
 }
 
+/// An instance operation writes under its stage's lease like a deploy: one whose lease was
+/// taken over before its write writes nothing over the new holder's records.
+#[tokio::test(start_paused = true)]
+async fn an_instance_operation_that_lost_its_lease_writes_nothing() {
+    let h = harness(1).await;
+    h.deploy("dev", "v1").await;
+    let v1 = h.active("dev").await;
+    let held = h.store.hold(StoreOp::Commit);
+    let (engine, id) = (h.engine.clone(), v1.id.clone());
+    let task = tokio::spawn(async move { engine.stop_instance(&id).await });
+    held.reached.await.unwrap();
+    let key = "stage/web/dev";
+    let stale = h.store.lease_holder(key).await.unwrap().unwrap();
+    let ttl = Duration::from_secs(3600);
+    assert!(
+        h.store
+            .take_over_lock(key, &stale, "another", ttl)
+            .await
+            .unwrap()
+    );
+    held.release.send(()).unwrap();
+    let e = task.await.unwrap().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Interrupted, "{e:?}");
+    let kept = h.store.get_instance(&v1.id).await.unwrap().unwrap();
+    assert_eq!(
+        kept.state,
+        InstanceState::Running,
+        "the stale write was refused"
+    );
+}
+
 /// A holder paused past its lease (SIGSTOP: its clock moved on, its tasks did not run) finds
 /// the lease lapsed when it resumes, and does not take it back even when it is free: another
 /// process may have held it meanwhile.
