@@ -146,7 +146,9 @@ impl Engine {
     pub(crate) async fn deploy_inner(&self, req: DeployRequest) -> Result<Deployment> {
         let project = self.project(&req.project).await?;
         project.stage(&req.stage)?;
-        let lock = self.lock_stage(&project.name, &req.stage).await?;
+        let lock = self
+            .lock_stage_with(&project.name, &req.stage, req.cancel.as_ref())
+            .await?;
         let result = async {
             // Read again under the lease: the project may have changed while we waited.
             let project = self.project(&req.project).await?;

@@ -280,8 +280,21 @@ fn process_start(pid: u32) -> Option<String> {
 impl Engine {
     /// Take the stage's lease, waiting up to `lock_wait` for another holder.
     pub(crate) async fn lock_stage(&self, project: &str, stage: &str) -> Result<Lease> {
+        self.lock_stage_with(project, stage, None).await
+    }
+
+    /// [`lock_stage`](Self::lock_stage), given up with [`Error::Interrupted`] as soon as
+    /// `cancel` is cancelled while it waits (a signal during a wait for another deploy).
+    pub(crate) async fn lock_stage_with(
+        &self,
+        project: &str,
+        stage: &str,
+        cancel: Option<&CancellationToken>,
+    ) -> Result<Lease> {
         let wait = self.inner.settings.lock_wait;
-        self.acquire_stage(project, stage, wait).await?.ok_or_else(|| Error::Timeout {
+        self.lease_with(&stage_key(project, stage), wait, cancel)
+            .await?
+            .ok_or_else(|| Error::Timeout {
             what: format!(
                 "waiting for another operation on stage {stage:?} of project {project:?} to finish"
             ),
@@ -321,6 +334,17 @@ impl Engine {
     /// Deploys take `stage/<project>/<stage>`; embedders may use other keys for their own
     /// cross-process exclusion (the registry watcher takes `watch/<repository>`).
     pub async fn lease(&self, key: &str, wait: Duration) -> Result<Option<Lease>> {
+        self.lease_with(key, wait, None).await
+    }
+
+    /// [`lease`](Self::lease), given up between attempts (never with a store call in flight)
+    /// when `cancel` is cancelled.
+    pub(crate) async fn lease_with(
+        &self,
+        key: &str,
+        wait: Duration,
+        cancel: Option<&CancellationToken>,
+    ) -> Result<Option<Lease>> {
         let s = &self.inner.settings;
         let limit = s.timeouts.record;
         let store = self.inner.store.clone();
@@ -361,7 +385,17 @@ impl Engine {
                 return Ok(None);
             }
             tracing::debug!(%key, "lease is busy; waiting");
-            tokio::time::sleep(delay).await;
+            match cancel {
+                Some(c) => tokio::select! {
+                    () = c.cancelled() => {
+                        return Err(Error::Interrupted {
+                            reason: format!("cancelled while waiting for {key}, held by another operation; nothing was done"),
+                        });
+                    }
+                    () = tokio::time::sleep(delay) => {}
+                },
+                None => tokio::time::sleep(delay).await,
+            }
             delay = (delay * 2).min(Duration::from_millis(500));
         };
         let tenure = Arc::new(Tenure {

@@ -346,7 +346,9 @@ impl Engine {
         let stage = project.stage(stage_name)?.clone();
         // The lease is held from choosing the target to the end of the redeploy or switch, so
         // no other deploy slips in between.
-        let lock = self.lock_stage(&project.name, &stage.name).await?;
+        let lock = self
+            .lock_stage_with(&project.name, &stage.name, cancel.as_ref())
+            .await?;
         let r = self.rollback_locked(project, stage, &lock, cancel).await;
         lock.release().await;
         r

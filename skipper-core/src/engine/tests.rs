@@ -1921,6 +1921,41 @@ async fn the_health_gate_probes_at_once_and_backs_off_to_its_interval() {
     assert_eq!((times[2] - times[0]).as_millis(), 150);
 }
 
+/// A deploy waiting for another operation's lease is cancelled (a signal): it gives up while
+/// it waits, with nothing recorded or started, and the other operation goes on untouched.
+#[tokio::test(start_paused = true)]
+async fn a_deploy_cancelled_while_it_waits_for_the_lease_gives_up_at_once() {
+    let h = harness(1).await;
+    h.deploy("dev", "v1").await;
+    let key = "stage/web/dev";
+    let other = h.engine.lease(key, Duration::ZERO).await.unwrap().unwrap();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let mut req = DeployRequest::new("web", "dev", image("v2"));
+    req.cancel = Some(cancel.clone());
+    let engine = h.engine.clone();
+    let waiting = tokio::spawn(async move { engine.deploy(req).await });
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(!waiting.is_finished(), "it waits for the lease");
+    cancel.cancel();
+    let e = waiting.await.unwrap().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Interrupted, "{e:?}");
+    assert!(!other.is_lost(), "the holder keeps its lease");
+    let history = h
+        .engine
+        .deployments(&DeploymentFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(history.len(), 1, "nothing recorded: {history:?}");
+    assert!(
+        !h.rt
+            .containers()
+            .iter()
+            .any(|c| c.labels[labels::TAG] == "v2"),
+        "nothing started"
+    );
+    other.release().await;
+}
+
 /// A rollback holds the stage's lease from choosing its target to the end of its redeploy
 /// (8.4h): one acquisition throughout, and a deploy started meanwhile waits, then builds on
 /// what the rollback made.
