@@ -265,10 +265,9 @@ impl Nodes {
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
             )
             .optional()?;
-        let (id, role, region, created, hb) = row.ok_or(NodeError::NotFound)?;
-        // Read under the same lock as the row: a flush between the two cannot hide both.
-        let hb = self.latest(&id, hb);
         drop(c);
+        let (id, role, region, created, hb) = row.ok_or(NodeError::NotFound)?;
+        let hb = self.latest(&id, hb);
         Ok(Node {
             id,
             role,
@@ -279,21 +278,21 @@ impl Nodes {
         })
     }
 
-    /// The newer of a stored heartbeat and one not written yet.
+    /// The newer of a stored heartbeat and the last one this server had.
     fn latest(&self, id: &str, stored: Option<i64>) -> Option<i64> {
-        let pending = self
-            .beats
+        let seen = self
+            .seen
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(id)
             .copied();
-        stored.max(pending)
+        stored.max(seen)
     }
 
     /// Every node, in one read.
     pub(crate) fn list(&self) -> R<Vec<Node>> {
         type Row = (String, String, Option<String>, i64, Option<i64>);
-        let (rows, beats): (Vec<Row>, HashMap<String, i64>) = {
+        let (rows, seen): (Vec<Row>, HashMap<String, i64>) = {
             let c = self.db();
             let mut s = c.prepare(
                 "SELECT id, role, region, created_ms, heartbeat_ms FROM nodes ORDER BY id",
@@ -303,14 +302,15 @@ impl Nodes {
                     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
                 })?
                 .collect::<Result<_, _>>()?;
-            // The heartbeats not written yet, read under the same lock as the rows.
-            let beats = self.seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            (rows, beats)
+            (
+                rows,
+                self.seen.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            )
         };
         Ok(rows
             .into_iter()
             .map(|(id, role, region, created, hb)| {
-                let hb = hb.max(beats.get(&id).copied());
+                let hb = hb.max(seen.get(&id).copied());
                 Node {
                     status: self.status(hb),
                     last_heartbeat: hb.map(rfc3339),
@@ -361,10 +361,9 @@ impl Nodes {
     pub(crate) fn delete(&self, id: &str) -> R<()> {
         let c = self.db();
         self.forget(id);
-        self.beats
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(id);
+        for m in [&self.beats, &self.seen] {
+            m.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+        }
         if c.execute("DELETE FROM nodes WHERE id = ?1", params![id])? == 0 {
             return Err(NodeError::NotFound);
         }
@@ -465,12 +464,11 @@ impl Nodes {
 
     /// Write the heartbeats kept in memory to `server.db`, in one transaction; how many.
     pub(crate) fn flush_heartbeats(&self) -> R<usize> {
-        // The db lock first (as readers take it), then the heartbeats.
-        let mut c = self.db();
         let beats = std::mem::take(&mut *self.beats.lock().unwrap_or_else(|e| e.into_inner()));
         if beats.is_empty() {
             return Ok(0);
         }
+        let mut c = self.db();
         let r = (|| {
             let tx = c.transaction()?;
             {
@@ -823,6 +821,15 @@ mod tests {
         assert!(
             matches!(n.keys("b"), Err(NodeError::NotFound)),
             "its keys went too"
+        );
+        n.register("b", "worker", None, None).unwrap();
+        assert_eq!(n.get("b").unwrap().status, "offline");
+        assert!(
+            n.list()
+                .unwrap()
+                .iter()
+                .all(|x| x.id != "b" || x.status == "offline"),
+            "a node registered again starts with no heartbeat"
         );
     }
 
