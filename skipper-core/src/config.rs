@@ -1088,6 +1088,23 @@ projects:
     }
 
     #[test]
+    fn node_events_may_be_filtered_as_node_dot_online_and_offline() {
+        use crate::model::EventKind;
+        let c = Config::parse(
+            "notifications:\n  - { url: \"https://a.test/x\", events: [node.offline, node.online, node_offline] }\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.notifications[0].events,
+            vec![
+                EventKind::NodeOffline,
+                EventKind::NodeOnline,
+                EventKind::NodeOffline
+            ]
+        );
+    }
+
+    #[test]
     fn a_test_event_reaches_every_target_whatever_its_filters() {
         let c = Config::parse(
             "notifications:\n  - { url: \"https://a.test/x\", events: [deploy_failed], projects: [web] }\n",

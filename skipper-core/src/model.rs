@@ -848,9 +848,13 @@ pub enum EventKind {
     Repaired,
     /// A stage's active instance lost its container (removed behind Skipper's back).
     InstanceMissing,
-    /// A node's agent is sending heartbeats again (`project` and `stage` are empty).
+    /// A node's agent is sending heartbeats again (`project` and `stage` are empty). A
+    /// filter may also spell it `node.online`.
+    #[serde(alias = "node.online")]
     NodeOnline,
-    /// A node's agent stopped sending heartbeats (`project` and `stage` are empty).
+    /// A node's agent stopped sending heartbeats (`project` and `stage` are empty). A filter
+    /// may also spell it `node.offline`.
+    #[serde(alias = "node.offline")]
     NodeOffline,
     /// A test sent by a person (the dashboard's "Send a test event", `POST
     /// /v1/notifications/test`): every target gets it, whatever its `events` and `projects`.
